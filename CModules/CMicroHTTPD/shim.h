@@ -1,0 +1,43 @@
+#ifndef KILN_MHD_SHIM_H
+#define KILN_MHD_SHIM_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/types.h>
+#include <sys/socket.h>
+#include <microhttpd.h>
+
+/// MHD_start_daemon is variadic and Swift cannot call it. This shim passes every
+/// option Kiln uses through one MHD_OPTION_ARRAY. `listen_fd` is a socket that
+/// Kiln bound and listens on itself, so that port 0 can be resolved with getsockname.
+static inline struct MHD_Daemon *kiln_mhd_start(unsigned int flags,
+                                                int listen_fd,
+                                                unsigned int pool_threads,
+                                                size_t connection_memory_limit,
+                                                unsigned int connection_limit,
+                                                unsigned int connection_timeout_s,
+                                                MHD_AccessHandlerCallback handler,
+                                                void *handler_cls,
+                                                MHD_RequestCompletedCallback completed,
+                                                void *completed_cls) {
+    struct MHD_OptionItem ops[] = {
+        {MHD_OPTION_LISTEN_SOCKET, listen_fd, NULL},
+        {MHD_OPTION_THREAD_POOL_SIZE, pool_threads, NULL},
+        {MHD_OPTION_CONNECTION_MEMORY_LIMIT, (intptr_t)connection_memory_limit, NULL},
+        {MHD_OPTION_CONNECTION_LIMIT, connection_limit, NULL},
+        {MHD_OPTION_CONNECTION_TIMEOUT, connection_timeout_s, NULL},
+        {MHD_OPTION_NOTIFY_COMPLETED, (intptr_t)completed, completed_cls},
+        {MHD_OPTION_END, 0, NULL},
+    };
+    return MHD_start_daemon(flags, 0, NULL, NULL, handler, handler_cls,
+                            MHD_OPTION_ARRAY, ops, MHD_OPTION_END);
+}
+
+/// The content reader's "end of stream" and "error" sentinels are macros of
+/// type ssize_t that Swift does not import.
+static inline ssize_t kiln_mhd_end_of_stream(void) { return MHD_CONTENT_READER_END_OF_STREAM; }
+static inline ssize_t kiln_mhd_end_with_error(void) { return MHD_CONTENT_READER_END_WITH_ERROR; }
+/// MHD_SIZE_UNKNOWN is a macro Swift does not import either.
+static inline uint64_t kiln_mhd_size_unknown(void) { return MHD_SIZE_UNKNOWN; }
+
+#endif

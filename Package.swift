@@ -1,0 +1,71 @@
+// swift-tools-version:6.0
+import PackageDescription
+
+let package = Package(
+    name: "Kiln",
+    platforms: [.macOS(.v14)],
+    products: [
+        .executable(name: "kiln", targets: ["kiln"]),
+    ],
+    dependencies: [
+        .package(url: "https://github.com/apple/swift-log", from: "1.16.2"),
+        .package(url: "https://github.com/apple/swift-metrics", from: "2.13.0"),
+        .package(url: "https://github.com/swift-server/swift-prometheus", from: "2.4.1"),
+        .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
+        .package(url: "https://github.com/groue/GRDB.swift", from: "7.10.0"),
+    ],
+    targets: [
+        // libmicrohttpd, found through pkg-config.
+        .systemLibrary(
+            name: "CMicroHTTPD",
+            path: "CModules/CMicroHTTPD",
+            pkgConfig: "libmicrohttpd",
+            providers: [.apt(["libmicrohttpd-dev"])]
+        ),
+        // Linux process and socket shims (clone into a PID namespace, listen socket).
+        .systemLibrary(name: "CKilnSys", path: "CModules/CKilnSys"),
+        // The one module with unsafe C interop: HTTP daemon bridge and child processes.
+        .target(
+            name: "KilnSystem",
+            dependencies: ["CMicroHTTPD", "CKilnSys"]
+        ),
+        // Shared value types: JSON, ULID, workload model, time formatting.
+        .target(name: "KilnCore"),
+        .target(
+            name: "KilnStore",
+            dependencies: ["KilnCore", .product(name: "GRDB", package: "GRDB.swift")]
+        ),
+        .target(
+            name: "KilnEngine",
+            dependencies: [
+                "KilnCore", "KilnStore", "KilnSystem",
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "Metrics", package: "swift-metrics"),
+            ]
+        ),
+        .target(
+            name: "KilnAPI",
+            dependencies: [
+                "KilnCore", "KilnStore", "KilnEngine", "KilnSystem",
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "Metrics", package: "swift-metrics"),
+            ]
+        ),
+        .executableTarget(
+            name: "kiln",
+            dependencies: [
+                "KilnCore", "KilnStore", "KilnEngine", "KilnAPI", "KilnSystem",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "Metrics", package: "swift-metrics"),
+                .product(name: "Prometheus", package: "swift-prometheus"),
+            ]
+        ),
+        .target(name: "KilnTestSupport", dependencies: ["KilnCore"], path: "Tests/KilnTestSupport"),
+        .testTarget(name: "KilnCoreTests", dependencies: ["KilnCore"]),
+        .testTarget(name: "KilnStoreTests", dependencies: ["KilnStore", "KilnCore"]),
+        .testTarget(name: "KilnEngineTests", dependencies: ["KilnEngine", "KilnStore", "KilnCore", "KilnSystem"]),
+        .testTarget(name: "KilnIntegrationTests", dependencies: ["KilnTestSupport", "KilnCore"]),
+    ],
+    swiftLanguageModes: [.v6]
+)

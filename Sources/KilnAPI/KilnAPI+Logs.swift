@@ -1,0 +1,45 @@
+import KilnCore
+import KilnEngine
+import KilnSystem
+
+extension KilnAPI {
+    /// `GET /v1/workloads/{id}/logs`: Server-Sent Events (spec section 4).
+    func streamLogs(_ req: HTTPRequest, id: String) throws -> HTTPResponse {
+        let format: LogStreamSource.Format
+        switch req.query["format"] {
+        case nil, "text": format = .text
+        case "json": format = .json
+        default: throw APIError.invalid("format", "format must be text or json")
+        }
+        var resumeAfter: Int64? = nil
+        if let raw = req.header("last-event-id") ?? req.query["last_event_id"] {
+            guard let n = Int64(raw.trimmingCharacters(in: .whitespaces)), n >= 0 else {
+                throw APIError.invalid("last_event_id", "Last-Event-ID must be a whole number of 0 or more")
+            }
+            resumeAfter = n
+        }
+        let tail: Int? = req.query["tail"] == nil ? nil : try Query.int(req, "tail", default: 0, range: 0...Int.max)
+
+        guard let record = try store.get(id) else { throw APIError(404, "not_found", "workload \(id) not found") }
+        // A live log, when there is one; it exists from submission until the end is stored.
+        let live = engine.broker.log(id)
+        let lastSeq = live?.lastSeq ?? record.logLines
+        if live == nil, record.status.isTerminal, let after = resumeAfter, after >= record.logLines {
+            return HTTPResponse(status: 204, headers: [("Cache-Control", "no-cache")])
+        }
+        var after: Int64 = 0
+        if let resumeAfter {
+            after = resumeAfter
+        } else if let tail {
+            after = Swift.max(0, lastSeq - Int64(tail))
+        }
+        let subscription = live == nil ? nil : engine.broker.subscription(id, after: after)
+        let source = LogStreamSource(id: id, after: after, store: store, broker: engine.broker, subscription: subscription,
+                                     format: format, hub: heartbeats, counter: subscribers)
+        return HTTPResponse(status: 200, headers: [
+            ("Content-Type", "text/event-stream"),
+            ("Cache-Control", "no-cache"),
+            ("X-Accel-Buffering", "no"),
+        ], body: .stream(source))
+    }
+}

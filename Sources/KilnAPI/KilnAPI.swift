@@ -1,0 +1,351 @@
+import Foundation
+import KilnCore
+import KilnEngine
+import KilnStore
+import KilnSystem
+import Logging
+import Metrics
+
+/// The HTTP API of Kiln: routing, auth, CORS, the workload endpoints, the access log.
+public final class KilnAPI: HTTPResponder, @unchecked Sendable {
+    let config: ServerConfig
+    let engine: Engine
+    let store: Store
+    let logger: Logger
+    let version: String
+    let startedAt = Date()
+    let metricsText: @Sendable () -> [UInt8]
+    let accessLog: @Sendable (String) -> Void
+    private(set) var router = Router()
+    let subscribers = SubscriberCount()
+    let heartbeats: HeartbeatHub
+    // Set once before serving; read-only after.
+    private var shuttingDownFlag = ShutdownFlag()
+
+    public init(config: ServerConfig, engine: Engine, logger: Logger, version: String,
+                metricsText: @escaping @Sendable () -> [UInt8], accessLog: @escaping @Sendable (String) -> Void) {
+        self.config = config
+        self.engine = engine
+        self.store = engine.store
+        self.logger = logger
+        self.version = version
+        self.metricsText = metricsText
+        self.accessLog = accessLog
+        self.heartbeats = HeartbeatHub(intervalSeconds: config.heartbeatS)
+        router = makeRouter()
+    }
+
+    public var routeTable: [(method: String, template: String)] { router.table }
+
+    /// From now on new submissions get 503.
+    public func beginShutdown() { shuttingDownFlag.set() }
+    var isShuttingDown: Bool { shuttingDownFlag.isSet }
+
+    private func makeRouter() -> Router {
+        var r = Router()
+        r.add("GET", "/healthz") { [unowned self] req, _ in .now(healthz(req)) }
+        r.add("GET", "/metrics") { [unowned self] _, _ in
+            .now(HTTPResponse(status: 200, headers: [("Content-Type", "text/plain; version=0.0.4; charset=utf-8")], body: .bytes(metricsText())))
+        }
+        r.add("POST", "/v1/workloads") { [unowned self] req, _ in submit(req, sync: true) }
+        r.add("GET", "/v1/workloads") { [unowned self] req, _ in .now(result { try list(req) }) }
+        r.add("POST", "/v1/workloads/async") { [unowned self] req, _ in submit(req, sync: false) }
+        r.add("GET", "/v1/workloads/{id}") { [unowned self] _, p in .now(result { try get(p["id"]!) }) }
+        r.add("DELETE", "/v1/workloads/{id}") { [unowned self] _, p in kill(p["id"]!) }
+        r.add("GET", "/v1/workloads/{id}/logs") { [unowned self] req, p in .now(result { try streamLogs(req, id: p["id"]!) }) }
+        r.add("GET", "/v1/workloads/{id}/logs/history") { [unowned self] req, p in .now(result { try history(req, id: p["id"]!) }) }
+        r.add("GET", "/v1/backends") { [unowned self] _, _ in .now(backends()) }
+        r.add("GET", "/v1/stats") { [unowned self] _, _ in .now(result { try stats() }) }
+        return r
+    }
+
+    private func result(_ body: () throws -> HTTPResponse) -> HTTPResponse {
+        do {
+            return try body()
+        } catch let e as APIError {
+            return e.response
+        } catch {
+            logger.error("internal error: \(error)")
+            return APIError(500, "internal", "internal error: \(error)").response
+        }
+    }
+
+    // MARK: HTTPResponder
+
+    public func respond(to request: HTTPRequest) -> HTTPResult {
+        let origin = request.header("origin")
+        let outcome = route(request)
+        guard let cors = corsHeaders(origin: origin) else { return outcome }
+        switch outcome {
+        case .now(var response):
+            response.headers.append(contentsOf: cors)
+            return .now(response)
+        case .later(let promise):
+            return .later(CORSPromise.wrap(promise, headers: cors))
+        }
+    }
+
+    private func route(_ request: HTTPRequest) -> HTTPResult {
+        if request.method == "OPTIONS", config.corsOrigins != nil, request.header("access-control-request-method") != nil {
+            return .now(HTTPResponse(status: 204, headers: [
+                ("Access-Control-Allow-Methods", "GET, POST, DELETE, OPTIONS"),
+                ("Access-Control-Allow-Headers", "Authorization, Content-Type, Last-Event-ID"),
+                ("Access-Control-Max-Age", "600"),
+            ]))
+        }
+        switch router.match(method: request.method, path: request.path) {
+        case .notFound:
+            return .now(APIError(404, "not_found", "no route for \(request.path)").response)
+        case .methodNotAllowed(let allowed, _):
+            let allow = (allowed + (allowed.contains("GET") ? ["HEAD"] : [])).joined(separator: ", ")
+            return .now(APIError(405, "method_not_allowed", "\(request.method) is not allowed on \(request.path); allowed: \(allow)",
+                                 headers: [("Allow", allow)]).response)
+        case .found(let handler, let params, let template):
+            if template.hasPrefix("/v1/"), let failure = authenticate(request, allowQueryToken: template.hasSuffix("/logs")) {
+                return .now(failure.response)
+            }
+            return handler(request, params)
+        }
+    }
+
+    public func bodyTooLarge(_ request: HTTPRequest, limit: Int) -> HTTPResponse {
+        var r = APIError(413, "body_too_large", "request body is larger than \(limit) bytes").response
+        if let cors = corsHeaders(origin: request.header("origin")) { r.headers.append(contentsOf: cors) }
+        r.headers.append(("Connection", "close"))
+        return r
+    }
+
+    public func completed(_ request: HTTPRequest, status: Int, durationNanos: UInt64) {
+        let ms = Double(durationNanos) / 1_000_000
+        var template = "unmatched"
+        if case .found(_, _, let t) = router.match(method: request.method, path: request.path) { template = t }
+        if case .methodNotAllowed(_, let t) = router.match(method: request.method, path: request.path) { template = t }
+        let line = JSON.object([
+            ("time", .string(Millis.rfc3339(Millis.now()))),
+            ("request_id", .string(request.requestID)),
+            ("method", .string(request.method)),
+            ("path", .string(loggedPath(request))),
+            ("status", .int(Int64(status))),
+            ("duration_ms", .double((ms * 1000).rounded() / 1000)),
+        ]).text
+        accessLog(line)
+        Metrics.Counter(label: "kiln_http_requests_total", dimensions: [("method", request.method), ("route", template), ("status", String(status))]).increment()
+        Metrics.Timer(label: "kiln_http_request_duration_seconds", dimensions: [("route", template)]).recordNanoseconds(Int64(durationNanos))
+    }
+
+    /// The path and query, with any access token replaced.
+    private func loggedPath(_ request: HTTPRequest) -> String {
+        guard !request.query.isEmpty else { return request.path }
+        let q = request.query.keys.sorted().map { k in
+            let v = k == "access_token" ? "REDACTED" : request.query[k]!
+            return "\(k)=\(v)"
+        }.joined(separator: "&")
+        return "\(request.path)?\(q)"
+    }
+
+    // MARK: Auth and CORS
+
+    private func authenticate(_ request: HTTPRequest, allowQueryToken: Bool) -> APIError? {
+        guard let token = config.apiToken else { return nil }
+        var presented: String? = nil
+        if let h = request.header("authorization") {
+            let parts = h.split(separator: " ", maxSplits: 1)
+            if parts.count == 2, parts[0].lowercased() == "bearer" { presented = String(parts[1]).trimmingCharacters(in: .whitespaces) }
+        }
+        if presented == nil, allowQueryToken { presented = request.query["access_token"] }
+        guard let presented else {
+            return APIError(401, "unauthorized", "missing bearer token", headers: [("WWW-Authenticate", "Bearer")])
+        }
+        guard constantTimeEqual(Array(presented.utf8), Array(token.utf8)) else {
+            return APIError(401, "unauthorized", "wrong token", headers: [("WWW-Authenticate", "Bearer")])
+        }
+        return nil
+    }
+
+    func corsHeaders(origin: String?) -> [(String, String)]? {
+        guard let allowed = config.corsOrigins, let origin else { return nil }
+        if allowed.contains("*") {
+            return [("Access-Control-Allow-Origin", "*"), ("Vary", "Origin"), ("Access-Control-Expose-Headers", "Location, Retry-After, X-Request-ID")]
+        }
+        guard allowed.contains(origin) else { return nil }
+        return [("Access-Control-Allow-Origin", origin), ("Vary", "Origin"), ("Access-Control-Expose-Headers", "Location, Retry-After, X-Request-ID")]
+    }
+
+    // MARK: Endpoints
+
+    private func healthz(_ req: HTTPRequest) -> HTTPResponse {
+        .json(200, .object([("status", .string("ok")), ("version", .string(version)),
+                            ("uptime_s", .int(Int64(Date().timeIntervalSince(startedAt))))]))
+    }
+
+    private func submit(_ req: HTTPRequest, sync: Bool) -> HTTPResult {
+        if isShuttingDown { return .now(APIError(503, "shutting_down", "the server is shutting down").response) }
+        let submission: SubmitRequest
+        do {
+            submission = try SubmissionParser(defaultTimeoutS: config.defaultTimeoutS, maxTimeoutS: config.maxTimeoutS).parse(req.body)
+        } catch let e as APIError {
+            return .now(e.response)
+        } catch {
+            return .now(APIError(400, "invalid_body", "\(error)").response)
+        }
+        let promise = sync ? HTTPPromise() : nil
+        var onFinish: Engine.Completion? = nil
+        if let promise { onFinish = { record in promise.resolve(.json(200, record.json)) } }
+        do throws(EngineError) {
+            let record = try engine.submit(submission, onFinish: onFinish)
+            if let promise { return .later(promise) }
+            return .now(.json(202, .object([("id", .string(record.id)), ("status", .string(record.status.rawValue))]),
+                              headers: [("Location", "/v1/workloads/\(record.id)")]))
+        } catch {
+            return .now(engineError(error).response)
+        }
+    }
+
+    func engineError(_ error: EngineError) -> APIError {
+        switch error {
+        case .queueFull(let after):
+            return APIError(429, "queue_full", "too many pending workloads; retry later", headers: [("Retry-After", String(after))])
+        case let .isolationUnavailable(requested, reason, available):
+            let list = available.isEmpty ? "none" : available.joined(separator: ", ")
+            return APIError(422, "isolation_unavailable",
+                            "isolation \(requested.rawValue) is not available (\(reason)); available for this runtime: \(list)",
+                            field: "isolation")
+        case .shuttingDown:
+            return APIError(503, "shutting_down", "the server is shutting down")
+        case .notFound(let id):
+            return APIError(404, "not_found", "workload \(id) not found")
+        case .alreadyFinished(let r):
+            return APIError(409, "conflict", "workload \(r.id) is already \(r.status.rawValue)")
+        case .storage(let why):
+            return APIError(500, "storage", why)
+        }
+    }
+
+    private func record(_ id: String) throws -> WorkloadRecord {
+        guard let r = try store.get(id) else { throw APIError(404, "not_found", "workload \(id) not found") }
+        return r
+    }
+
+    private func get(_ id: String) throws -> HTTPResponse {
+        .json(200, try record(id).json)
+    }
+
+    private func kill(_ id: String) -> HTTPResult {
+        let promise = HTTPPromise()
+        do throws(EngineError) {
+            try engine.kill(id) { r in promise.resolve(.json(200, r.json)) }
+            return .later(promise)
+        } catch {
+            return .now(engineError(error).response)
+        }
+    }
+
+    private func list(_ req: HTTPRequest) throws -> HTTPResponse {
+        let limit = try Query.int(req, "limit", default: 50, range: 1...500)
+        let status = try Query.enumValue(req, "status", WorkloadStatus.self)
+        let isolation = try Query.enumValue(req, "isolation", Isolation.self)
+        let runtime = try Query.enumValue(req, "runtime", Runtime.self)
+        let cursor = req.query["cursor"]
+        if let cursor, !ULIDGenerator.isValid(cursor) { throw APIError.invalid("cursor", "cursor is not a workload id") }
+        let page = try store.list(limit: limit, cursor: cursor, filter: WorkloadFilter(status: status, isolationUsed: isolation, runtime: runtime))
+        return .json(200, .object([("workloads", .array(page.records.map(\.json))),
+                                   ("next_cursor", page.nextCursor.map { .string($0) } ?? .null)]))
+    }
+
+    private func history(_ req: HTTPRequest, id: String) throws -> HTTPResponse {
+        let after = try Query.int(req, "after", default: 0, range: 0...Int.max)
+        let limit = try Query.int(req, "limit", default: 1000, range: 1...10_000)
+        let r = try record(id)
+        let lines = try store.lines(id, after: Int64(after), limit: limit)
+        let lastReturned = lines.last?.seq ?? Int64(after)
+        let complete = r.status.isTerminal && lastReturned >= r.logLines
+        return .json(200, .object([
+            ("lines", .array(lines.map(\.json))),
+            ("next_after", complete ? .null : .int(lastReturned)),
+            ("complete", .bool(complete)),
+        ]))
+    }
+
+    private func backends() -> HTTPResponse {
+        .json(200, .object([("backends", .array(engine.capabilities.map(\.json)))]))
+    }
+
+    private func stats() throws -> HTTPResponse {
+        let s = try store.stats()
+        var counts: [(String, JSON)] = [("total", .int(Int64(s.total)))]
+        for status in WorkloadStatus.allCases { counts.append((status.rawValue, .int(Int64(s.byStatus[status] ?? 0)))) }
+        let backends = s.backends.keys.sorted().map { name -> (String, JSON) in
+            let b = s.backends[name]!
+            return (name, .object([("count", .int(Int64(b.count))), ("avg_ms", .double((b.avgMs * 10).rounded() / 10)),
+                                   ("p50_ms", .int(b.p50Ms)), ("p95_ms", .int(b.p95Ms))]))
+        }
+        return .json(200, .object([
+            ("workloads", .object(counts)),
+            ("backends", .object(backends)),
+            ("log_lines_total", .int(s.logLinesTotal)),
+            ("sse_subscribers", .int(Int64(subscribers.value))),
+        ]))
+    }
+}
+
+/// Constant-time comparison: the time depends on the lengths only.
+func constantTimeEqual(_ a: [UInt8], _ b: [UInt8]) -> Bool {
+    var diff = UInt8(a.count == b.count ? 0 : 1)
+    let n = max(a.count, b.count)
+    for i in 0..<n {
+        let x = i < a.count ? a[i] : 0
+        let y = i < b.count ? b[i] : 0
+        diff |= x ^ y
+    }
+    return diff == 0
+}
+
+/// Adds CORS headers to a response that arrives later.
+enum CORSPromise {
+    static func wrap(_ inner: HTTPPromise, headers: [(String, String)]) -> HTTPPromise {
+        let outer = HTTPPromise()
+        inner.onResolve { response in
+            var r = response
+            r.headers.append(contentsOf: headers)
+            outer.resolve(r)
+        }
+        return outer
+    }
+}
+
+final class ShutdownFlag: @unchecked Sendable {
+    // Guarded by `lock`.
+    private let lock = NSLock()
+    private var value = false
+    func set() { lock.lock(); value = true; lock.unlock() }
+    var isSet: Bool { lock.lock(); defer { lock.unlock() }; return value }
+}
+
+/// Live SSE subscribers, for stats and the gauge.
+final class SubscriberCount: @unchecked Sendable {
+    // Guarded by `lock`.
+    private let lock = NSLock()
+    private var n = 0
+    private let gauge = Gauge(label: "kiln_sse_subscribers")
+    func add(_ d: Int) { lock.lock(); n += d; let v = n; lock.unlock(); gauge.record(v) }
+    var value: Int { lock.lock(); defer { lock.unlock() }; return n }
+}
+
+enum Query {
+    static func int(_ req: HTTPRequest, _ name: String, default d: Int, range: ClosedRange<Int>) throws -> Int {
+        guard let raw = req.query[name] else { return d }
+        guard let n = Int(raw), range.contains(n) else {
+            let upper = range.upperBound == Int.max ? "" : " to \(range.upperBound)"
+            throw APIError.invalid(name, "\(name) must be a whole number from \(range.lowerBound)\(upper)")
+        }
+        return n
+    }
+
+    static func enumValue<E: RawRepresentable & CaseIterable>(_ req: HTTPRequest, _ name: String, _: E.Type) throws -> E? where E.RawValue == String {
+        guard let raw = req.query[name] else { return nil }
+        guard let v = E(rawValue: raw) else {
+            throw APIError.invalid(name, "\(name) must be one of \(E.allCases.map(\.rawValue).joined(separator: ", "))")
+        }
+        return v
+    }
+}

@@ -1,0 +1,199 @@
+import Foundation
+import KilnCore
+import KilnEngine
+import KilnStore
+import KilnSystem
+
+/// One SSE stream of a workload's log: the stored lines from the chosen start, then live
+/// lines from the broker, then `event: end`. Pulled by the daemon; it never buffers more
+/// than one read's worth of bytes plus one line.
+final class LogStreamSource: HTTPStreamSource, @unchecked Sendable {
+    enum Format { case text, json }
+
+    let id: String
+    let store: Store
+    let broker: LogBroker
+    let format: Format
+    let hub: HeartbeatHub
+    let counter: SubscriberCount
+    // Touched only from `read`, which the daemon calls one at a time per stream.
+    private var cursor: Int64
+    private var subscription: LogSubscription?
+    private var pending: [LogLine] = []
+    private var pendingIndex = 0
+    private var ended = false
+    private var retryLive = true
+    // Guarded by `lock`: shared with the heartbeat and waker threads.
+    private let lock = NSLock()
+    private var waker: (@Sendable () -> Void)?
+    private var heartbeatDue = false
+    private var closed = false
+
+    init(id: String, after: Int64, store: Store, broker: LogBroker, subscription: LogSubscription?,
+         format: Format, hub: HeartbeatHub, counter: SubscriberCount) {
+        self.id = id
+        self.cursor = after
+        self.store = store
+        self.broker = broker
+        self.subscription = subscription
+        self.format = format
+        self.hub = hub
+        self.counter = counter
+        counter.add(1)
+    }
+
+    func attach(waker: @escaping @Sendable () -> Void) {
+        lock.lock()
+        self.waker = waker
+        lock.unlock()
+        subscription?.setWaker(waker)
+        hub.add(self)
+    }
+
+    /// Called by the heartbeat hub: the next read sends a keep-alive comment.
+    func heartbeat() {
+        lock.lock()
+        heartbeatDue = true
+        let w = waker
+        lock.unlock()
+        w?()
+    }
+
+    func close() {
+        lock.lock()
+        if closed { lock.unlock(); return }
+        closed = true
+        waker = nil
+        lock.unlock()
+        subscription?.cancel()
+        hub.remove(self)
+        counter.add(-1)
+    }
+
+    func read(max: Int) -> StreamRead {
+        if ended { return .end }
+        var out: [UInt8] = []
+        out.reserveCapacity(Swift.min(max, 16 * 1024))
+        while out.count < max {
+            if pendingIndex < pending.count {
+                let line = pending[pendingIndex]
+                pendingIndex += 1
+                appendEvent(line, to: &out)
+                cursor = line.seq
+                continue
+            }
+            pending.removeAll(keepingCapacity: true)
+            pendingIndex = 0
+            switch nextLines(max: 256) {
+            case .lines(let lines):
+                pending = lines
+            case .end(let info, let lastSeq):
+                appendEnd(info, lastSeq: lastSeq, to: &out)
+                ended = true
+                return .bytes(out)
+            case .wait:
+                if !out.isEmpty { return .bytes(out) }
+                lock.lock()
+                let beat = heartbeatDue
+                heartbeatDue = false
+                lock.unlock()
+                if beat { return .bytes(Array(": keepalive\n\n".utf8)) }
+                return .wait
+            }
+        }
+        return .bytes(out)
+    }
+
+    /// Lines after the cursor: from the live log when there is one, else from the store.
+    private func nextLines(max: Int) -> LogRead {
+        if let sub = subscription {
+            return sub.next(max: max)
+        }
+        let stored = (try? store.lines(id, after: cursor, limit: max)) ?? []
+        if !stored.isEmpty { return .lines(stored) }
+        if let r = try? store.get(id), r.status.isTerminal {
+            return .end(EndInfo(record: r), lastSeq: Swift.max(cursor, r.logLines))
+        }
+        // Not terminal but no live log yet (just submitted): attach to the broker.
+        if let sub = broker.subscription(id, after: cursor) {
+            lock.lock()
+            let w = waker
+            lock.unlock()
+            if let w { sub.setWaker(w) }
+            subscription = sub
+            return sub.next(max: max)
+        }
+        // Between the store write and the broker (rare): look again shortly.
+        lock.lock()
+        let w = waker
+        lock.unlock()
+        if let w { DispatchQueue.global().asyncAfter(deadline: .now() + .milliseconds(20)) { w() } }
+        return .wait
+    }
+
+    private func appendEvent(_ line: LogLine, to out: inout [UInt8]) {
+        out.append(contentsOf: "id: \(line.seq)\n".utf8)
+        switch format {
+        case .json:
+            out.append(contentsOf: "data: ".utf8)
+            line.json.write(to: &out)
+            out.append(0x0A)
+        case .text:
+            // A CR inside a line would end the field in a browser: each CR-separated piece
+            // is a further data field of the same event.
+            out.append(contentsOf: "data: ".utf8)
+            for byte in line.line.utf8 {
+                if byte == 0x0D {
+                    out.append(contentsOf: "\ndata: ".utf8)
+                } else {
+                    out.append(byte)
+                }
+            }
+            out.append(0x0A)
+        }
+        out.append(0x0A)
+    }
+
+    private func appendEnd(_ info: EndInfo, lastSeq: Int64, to out: inout [UInt8]) {
+        out.append(contentsOf: "event: end\nid: \(lastSeq)\ndata: ".utf8)
+        info.json.write(to: &out)
+        out.append(contentsOf: "\n\n".utf8)
+    }
+}
+
+/// Wakes every open stream each heartbeat interval, so idle streams send a keep-alive
+/// comment and streams whose client vanished are found and freed.
+final class HeartbeatHub: @unchecked Sendable {
+    // Guarded by `lock`.
+    private let lock = NSLock()
+    private var sources: [ObjectIdentifier: LogStreamSource] = [:]
+    private let timer: DispatchSourceTimer
+
+    init(intervalSeconds: Int) {
+        timer = DispatchSource.makeTimerSource(queue: DispatchQueue(label: "kiln.heartbeat"))
+        timer.schedule(deadline: .now() + .seconds(intervalSeconds), repeating: .seconds(intervalSeconds), leeway: .milliseconds(100))
+        timer.setEventHandler { [weak self] in self?.beat() }
+        timer.resume()
+    }
+
+    deinit { timer.cancel() }
+
+    func add(_ s: LogStreamSource) {
+        lock.lock()
+        sources[ObjectIdentifier(s)] = s
+        lock.unlock()
+    }
+
+    func remove(_ s: LogStreamSource) {
+        lock.lock()
+        sources[ObjectIdentifier(s)] = nil
+        lock.unlock()
+    }
+
+    private func beat() {
+        lock.lock()
+        let all = Array(sources.values)
+        lock.unlock()
+        for s in all { s.heartbeat() }
+    }
+}

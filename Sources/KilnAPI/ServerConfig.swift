@@ -1,0 +1,102 @@
+import Foundation
+
+public struct ConfigError: Error, CustomStringConvertible {
+    public var description: String
+}
+
+/// Server settings from `KILN_*` variables, each overridable by its flag.
+public struct ServerConfig: Sendable {
+    public var host: String
+    public var port: Int
+    public var db: String
+    public var apiToken: String?
+    public var maxConcurrent: Int
+    public var queueLimit: Int
+    public var maxBodyBytes: Int
+    public var defaultTimeoutS: Int
+    public var maxTimeoutS: Int
+    public var heartbeatS: Int
+    public var corsOrigins: [String]?
+    public var logLevel: String
+
+    /// Every variable Kiln reads, with its default.
+    public static let variables: [(name: String, defaultValue: String)] = [
+        ("KILN_LISTEN", "127.0.0.1:8080"),
+        ("KILN_DB", "./kiln-data/kiln.db"),
+        ("KILN_API_TOKEN", ""),
+        ("KILN_MAX_CONCURRENT", String(2 * ProcessInfo.processInfo.activeProcessorCount)),
+        ("KILN_QUEUE_LIMIT", "1000"),
+        ("KILN_MAX_BODY_BYTES", "10485760"),
+        ("KILN_DEFAULT_TIMEOUT_S", "30"),
+        ("KILN_MAX_TIMEOUT_S", "3600"),
+        ("KILN_HEARTBEAT_S", "15"),
+        ("KILN_CORS_ORIGINS", ""),
+        ("KILN_LOG_LEVEL", "info"),
+    ]
+
+    /// `flags` maps variable names to flag values (nil: flag not given); a flag wins.
+    public static func resolve(flags: [String: String?], environment: [String: String]) throws -> ServerConfig {
+        func value(_ name: String) -> String {
+            if let f = flags[name], let f { return f }
+            if let e = environment[name] { return e }
+            return variables.first { $0.name == name }!.defaultValue
+        }
+        func flagName(_ name: String) -> String {
+            "--" + name.dropFirst(5).lowercased().replacingOccurrences(of: "_", with: "-")
+        }
+        func int(_ name: String, min: Int, max: Int = Int.max) throws -> Int {
+            let raw = value(name).trimmingCharacters(in: .whitespaces)
+            guard let n = Int(raw), n >= min, n <= max else {
+                throw ConfigError(description: "invalid \(name) (\(flagName(name))): \"\(raw)\" is not a whole number from \(min)\(max == Int.max ? " up" : " to \(max)")")
+            }
+            return n
+        }
+
+        let listen = value("KILN_LISTEN")
+        let (host, port) = try parseListen(listen)
+        let db = value("KILN_DB")
+        guard !db.isEmpty else { throw ConfigError(description: "invalid KILN_DB (--db): empty path") }
+        let token = value("KILN_API_TOKEN")
+        let maxTimeout = try int("KILN_MAX_TIMEOUT_S", min: 1)
+        let defaultTimeout = try int("KILN_DEFAULT_TIMEOUT_S", min: 1)
+        guard defaultTimeout <= maxTimeout else {
+            throw ConfigError(description: "invalid KILN_DEFAULT_TIMEOUT_S (--default-timeout-s): \(defaultTimeout) is above KILN_MAX_TIMEOUT_S (\(maxTimeout))")
+        }
+        let cors = value("KILN_CORS_ORIGINS").split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces) }.filter { !$0.isEmpty }
+        let level = value("KILN_LOG_LEVEL").lowercased()
+        guard ["trace", "debug", "info", "notice", "warning", "error", "critical"].contains(level) else {
+            throw ConfigError(description: "invalid KILN_LOG_LEVEL (--log-level): \"\(level)\" is not one of trace, debug, info, notice, warning, error, critical")
+        }
+        return ServerConfig(
+            host: host, port: port, db: db, apiToken: token.isEmpty ? nil : token,
+            maxConcurrent: try int("KILN_MAX_CONCURRENT", min: 1, max: 10_000),
+            queueLimit: try int("KILN_QUEUE_LIMIT", min: 0),
+            maxBodyBytes: try int("KILN_MAX_BODY_BYTES", min: 1),
+            defaultTimeoutS: defaultTimeout, maxTimeoutS: maxTimeout,
+            heartbeatS: try int("KILN_HEARTBEAT_S", min: 1, max: 3600),
+            corsOrigins: cors.isEmpty ? nil : cors, logLevel: level)
+    }
+
+    /// `host:port`, `[v6]:port` or `:port`.
+    static func parseListen(_ s: String) throws -> (String, Int) {
+        let bad = ConfigError(description: "invalid KILN_LISTEN (--listen): \"\(s)\" is not host:port with a port from 0 to 65535")
+        var host: Substring
+        var portText: Substring
+        if s.hasPrefix("[") {
+            guard let close = s.firstIndex(of: "]") else { throw bad }
+            host = s[s.index(after: s.startIndex)..<close]
+            let rest = s[s.index(after: close)...]
+            guard rest.hasPrefix(":") else { throw bad }
+            portText = rest.dropFirst()
+        } else {
+            guard let colon = s.lastIndex(of: ":") else { throw bad }
+            host = s[..<colon]
+            portText = s[s.index(after: colon)...]
+            if host.contains(":") { throw bad }
+        }
+        if host.isEmpty { host = "0.0.0.0" }
+        guard let port = Int(portText), (0...65535).contains(port) else { throw bad }
+        guard host.allSatisfy({ $0.isLetter || $0.isNumber || $0 == "." || $0 == "-" || $0 == ":" }) else { throw bad }
+        return (String(host), port)
+    }
+}

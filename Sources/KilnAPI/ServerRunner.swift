@@ -1,0 +1,78 @@
+import Foundation
+import KilnCore
+import KilnEngine
+import KilnStore
+import KilnSystem
+import Logging
+
+/// Starts every part of `kiln serve` and stops it gracefully on SIGTERM or SIGINT.
+public final class ServerRunner: @unchecked Sendable {
+    public static let version = "0.1.0"
+    let config: ServerConfig
+    let logger: Logger
+    let metricsText: @Sendable () -> [UInt8]
+    // Set in `start`, read by the signal handler afterwards.
+    private var server: HTTPServer?
+    private var engine: Engine?
+    private var api: KilnAPI?
+    private var signalSources: [DispatchSourceSignal] = []
+    private let stopLock = NSLock()
+    private var stopping = false
+
+    public init(config: ServerConfig, logger: Logger, metricsText: @escaping @Sendable () -> [UInt8]) {
+        self.config = config
+        self.logger = logger
+        self.metricsText = metricsText
+    }
+
+    /// Starts the server; throws with a message meant for the operator.
+    public func start() throws {
+        SystemLimits.ignoreSIGPIPE()
+        let files = SystemLimits.raiseOpenFileLimit()
+        let store = try Store(path: config.db)
+        let broker = LogBroker(history: { id, after, limit in (try? store.lines(id, after: after, limit: limit)) ?? [] })
+        let workRoot = NSTemporaryDirectory() + "kiln-work-\(getpid())"
+        let engine = Engine(store: store, broker: broker, backends: [ProcessBackend(workRoot: workRoot)],
+                            config: EngineConfig(maxConcurrent: config.maxConcurrent, queueLimit: config.queueLimit, workRoot: workRoot),
+                            logger: logger)
+        try engine.recover()
+        let out = FileHandle.standardOutput
+        let api = KilnAPI(config: config, engine: engine, logger: logger, version: ServerRunner.version,
+                          metricsText: metricsText, accessLog: { line in out.write(Data((line + "\n").utf8)) })
+        let server = HTTPServer(options: .init(host: config.host, port: config.port, maxBodyBytes: config.maxBodyBytes,
+                                               connectionLimit: max(64, files - 256)),
+                                responder: api)
+        try server.start()
+        self.server = server
+        self.engine = engine
+        self.api = api
+        let shownHost = config.host.contains(":") ? "[\(config.host)]" : config.host
+        out.write(Data("kiln \(ServerRunner.version) listening on http://\(shownHost):\(server.boundPort)\n".utf8))
+        for sig in [SIGTERM, SIGINT] {
+            signal(sig, SIG_IGN)
+            let source = DispatchSource.makeSignalSource(signal: sig, queue: DispatchQueue(label: "kiln.signals"))
+            source.setEventHandler { [self] in stop(reason: sig == SIGTERM ? "SIGTERM" : "SIGINT") }
+            source.resume()
+            signalSources.append(source)
+        }
+    }
+
+    /// Graceful stop: refuse new work, end running workloads (`server shutdown`), store
+    /// every line, send every open stream its `end`, then stop the daemon and exit 0.
+    public func stop(reason: String) {
+        stopLock.lock()
+        if stopping { stopLock.unlock(); return }
+        stopping = true
+        stopLock.unlock()
+        logger.notice("stopping (\(reason))")
+        api?.beginShutdown()
+        engine?.shutdown(timeout: 7)
+        engine?.broker.closeAll { _ in EndInfo(status: .failed, exitCode: nil, error: "server shutdown", logLines: 0) }
+        // Let open streams write their end events before the daemon goes.
+        let deadline = Date().addingTimeInterval(1.5)
+        while (api?.subscribers.value ?? 0) > 0 && Date() < deadline { usleep(20_000) }
+        server?.stop()
+        logger.notice("stopped")
+        exit(0)
+    }
+}

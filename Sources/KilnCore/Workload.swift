@@ -1,0 +1,151 @@
+/// The life of a workload: `pending → running → completed | failed | killed`,
+/// and `pending → killed | failed`.
+public enum WorkloadStatus: String, Sendable, CaseIterable, Codable {
+    case pending, running, completed, failed, killed
+
+    public var isTerminal: Bool {
+        switch self {
+        case .pending, .running: return false
+        case .completed, .failed, .killed: return true
+        }
+    }
+
+    /// Whether the state machine allows moving from `self` to `next`.
+    public func canMove(to next: WorkloadStatus) -> Bool {
+        switch (self, next) {
+        case (.pending, .running), (.pending, .killed), (.pending, .failed): return true
+        case (.running, .completed), (.running, .failed), (.running, .killed): return true
+        default: return false
+        }
+    }
+}
+
+public enum Runtime: String, Sendable, CaseIterable, Codable {
+    case python, node, shell
+}
+
+public enum Isolation: String, Sendable, CaseIterable, Codable {
+    case auto, process, sandbox, gvisor, isolate
+}
+
+public struct Resources: Sendable, Equatable, Codable {
+    public var cpus: Int
+    public var memMB: Int
+    public var timeoutS: Int
+
+    public init(cpus: Int, memMB: Int, timeoutS: Int) {
+        self.cpus = cpus
+        self.memMB = memMB
+        self.timeoutS = timeoutS
+    }
+}
+
+public enum LogStream: String, Sendable, Codable {
+    case stdout, stderr
+}
+
+/// One stored log line.
+public struct LogLine: Sendable, Equatable {
+    public var seq: Int64
+    public var stream: LogStream
+    /// Milliseconds since the epoch.
+    public var ts: Int64
+    public var line: String
+
+    public init(seq: Int64, stream: LogStream, ts: Int64, line: String) {
+        self.seq = seq
+        self.stream = stream
+        self.ts = ts
+        self.line = line
+    }
+
+    public var json: JSON {
+        .object([("seq", .int(seq)), ("stream", .string(stream.rawValue)), ("ts", .string(Millis.rfc3339(ts))), ("line", .string(line))])
+    }
+}
+
+/// A workload record, as stored and as every endpoint returns it.
+public struct WorkloadRecord: Sendable, Equatable {
+    public var id: String
+    public var status: WorkloadStatus
+    public var runtime: Runtime
+    public var isolation: Isolation
+    public var isolationUsed: Isolation?
+    public var exitCode: Int?
+    /// JSON text of the output value (`null` when there is none).
+    public var outputJSON: String
+    public var outputTruncated: Bool
+    public var error: String?
+    public var resources: Resources
+    public var logLines: Int64
+    public var durationMs: Int64?
+    public var createdAt: Int64
+    public var startedAt: Int64?
+    public var finishedAt: Int64?
+
+    public init(id: String, status: WorkloadStatus, runtime: Runtime, isolation: Isolation,
+                isolationUsed: Isolation? = nil, exitCode: Int? = nil, outputJSON: String = "null",
+                outputTruncated: Bool = false, error: String? = nil, resources: Resources,
+                logLines: Int64 = 0, durationMs: Int64? = nil, createdAt: Int64,
+                startedAt: Int64? = nil, finishedAt: Int64? = nil) {
+        self.id = id
+        self.status = status
+        self.runtime = runtime
+        self.isolation = isolation
+        self.isolationUsed = isolationUsed
+        self.exitCode = exitCode
+        self.outputJSON = outputJSON
+        self.outputTruncated = outputTruncated
+        self.error = error
+        self.resources = resources
+        self.logLines = logLines
+        self.durationMs = durationMs
+        self.createdAt = createdAt
+        self.startedAt = startedAt
+        self.finishedAt = finishedAt
+    }
+
+    public var json: JSON {
+        .object([
+            ("id", .string(id)),
+            ("status", .string(status.rawValue)),
+            ("runtime", .string(runtime.rawValue)),
+            ("isolation", .string(isolation.rawValue)),
+            ("isolation_used", isolationUsed.map { .string($0.rawValue) } ?? .null),
+            ("exit_code", exitCode.map { .int(Int64($0)) } ?? .null),
+            ("output", .raw(outputJSON)),
+            ("output_truncated", .bool(outputTruncated)),
+            ("error", error.map { .string($0) } ?? .null),
+            ("resources", .object([("cpus", .int(Int64(resources.cpus))), ("mem_mb", .int(Int64(resources.memMB))), ("timeout_s", .int(Int64(resources.timeoutS)))])),
+            ("log_lines", .int(logLines)),
+            ("duration_ms", durationMs.map { .int($0) } ?? .null),
+            ("created_at", Millis.json(createdAt)),
+            ("started_at", Millis.json(startedAt)),
+            ("finished_at", Millis.json(finishedAt)),
+        ])
+    }
+}
+
+/// What a finished workload's stream reports in its `end` event.
+public struct EndInfo: Sendable, Equatable {
+    public var status: WorkloadStatus
+    public var exitCode: Int?
+    public var error: String?
+    public var logLines: Int64
+
+    public init(status: WorkloadStatus, exitCode: Int?, error: String?, logLines: Int64) {
+        self.status = status
+        self.exitCode = exitCode
+        self.error = error
+        self.logLines = logLines
+    }
+
+    public init(record: WorkloadRecord) {
+        self.init(status: record.status, exitCode: record.exitCode, error: record.error, logLines: record.logLines)
+    }
+
+    public var json: JSON {
+        .object([("status", .string(status.rawValue)), ("exit_code", exitCode.map { .int(Int64($0)) } ?? .null),
+                 ("error", error.map { .string($0) } ?? .null), ("log_lines", .int(logLines))])
+    }
+}

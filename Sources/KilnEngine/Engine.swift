@@ -1,0 +1,503 @@
+import Foundation
+import KilnCore
+import KilnStore
+import Logging
+import Metrics
+
+public struct EngineConfig: Sendable {
+    public var maxConcurrent: Int
+    public var queueLimit: Int
+    /// Where per-workload work folders are made.
+    public var workRoot: String
+
+    public init(maxConcurrent: Int, queueLimit: Int, workRoot: String) {
+        self.maxConcurrent = max(1, maxConcurrent)
+        self.queueLimit = max(0, queueLimit)
+        self.workRoot = workRoot
+    }
+}
+
+/// A validated submission.
+public struct SubmitRequest: Sendable {
+    public var runtime: Runtime
+    public var code: String
+    public var inputJSON: String
+    public var isolation: Isolation
+    public var resources: Resources
+    public var env: [String: String]
+
+    public init(runtime: Runtime, code: String, inputJSON: String = "null", isolation: Isolation = .auto,
+                resources: Resources, env: [String: String] = [:]) {
+        self.runtime = runtime
+        self.code = code
+        self.inputJSON = inputJSON
+        self.isolation = isolation
+        self.resources = resources
+        self.env = env
+    }
+}
+
+public enum EngineError: Error, Equatable {
+    case queueFull(retryAfterSeconds: Int)
+    /// The requested backend cannot run this runtime here; `available` can.
+    case isolationUnavailable(requested: Isolation, reason: String, available: [String])
+    case shuttingDown
+    case notFound(String)
+    case alreadyFinished(WorkloadRecord)
+    case storage(String)
+}
+
+/// Runs workloads: a queue in front of a Dispatch pool of `maxConcurrent` runs, the
+/// state machine through the store, and every log line numbered, stored in batches and
+/// published to the broker. A workload's terminal status is stored after its last line,
+/// and published after that.
+public final class Engine: @unchecked Sendable {
+    public typealias Completion = @Sendable (WorkloadRecord) -> Void
+
+    public let store: Store
+    public let broker: LogBroker
+    let config: EngineConfig
+    let logger: Logger
+    private let backendList: [any Backend]
+    /// Probed once at start.
+    public let capabilities: [BackendCapabilities]
+    private let ids = ULIDGenerator()
+    /// All store writes of log batches and terminal states, in order.
+    let writerQueue = DispatchQueue(label: "kiln.store-writer")
+    private let runQueue = DispatchQueue(label: "kiln.engine.pool", attributes: .concurrent)
+
+    // Guarded by `lock`.
+    private let lock = NSLock()
+    private var jobs: [String: Job] = [:]
+    private var queue: [Job] = []
+    private var runningCount = 0
+    private var reserved = 0
+    private var shuttingDown = false
+    private let idle = NSCondition()
+
+    public init(store: Store, broker: LogBroker, backends: [any Backend], config: EngineConfig, logger: Logger) {
+        self.store = store
+        self.broker = broker
+        self.backendList = backends
+        self.config = config
+        self.logger = logger
+        self.capabilities = backends.map { $0.capabilities() }
+        try? FileManager.default.createDirectory(atPath: config.workRoot, withIntermediateDirectories: true)
+    }
+
+    /// Marks what an earlier process left unfinished as failed ("server restarted").
+    @discardableResult
+    public func recover() throws -> [String] {
+        let ids = try store.failUnfinished(error: "server restarted")
+        if !ids.isEmpty { logger.warning("marked \(ids.count) unfinished workloads failed: server restarted") }
+        return ids
+    }
+
+    // MARK: Backends
+
+    public func capability(_ name: Isolation) -> BackendCapabilities? {
+        capabilities.first { $0.name == name }
+    }
+
+    private func backend(_ name: Isolation) -> (any Backend)? {
+        backendList.first { $0.name == name }
+    }
+
+    /// `auto`: `isolate` for node code with a default export, else the strongest available
+    /// of gvisor, sandbox, process that runs the runtime.
+    public func chooseBackend(runtime: Runtime, isolation: Isolation, code: String) throws(EngineError) -> any Backend {
+        let able = capabilities.filter { $0.available && $0.runtimes.contains(runtime) }
+        let ableNames = able.map { $0.name.rawValue }
+        if isolation == .auto {
+            if runtime == .node, Engine.hasDefaultExport(code), able.contains(where: { $0.name == .isolate }),
+               let b = backend(.isolate) {
+                return b
+            }
+            for name in [Isolation.gvisor, .sandbox, .process] where able.contains(where: { $0.name == name }) {
+                if let b = backend(name) { return b }
+            }
+            throw .isolationUnavailable(requested: .auto, reason: "no backend can run \(runtime.rawValue) here", available: ableNames)
+        }
+        guard let cap = capability(isolation), cap.available else {
+            let why = capability(isolation)?.reason ?? "not built into this server"
+            throw .isolationUnavailable(requested: isolation, reason: why, available: ableNames)
+        }
+        guard cap.runtimes.contains(runtime), let b = backend(isolation) else {
+            throw .isolationUnavailable(requested: isolation, reason: "it does not run \(runtime.rawValue)", available: ableNames)
+        }
+        return b
+    }
+
+    static func hasDefaultExport(_ code: String) -> Bool {
+        code.range(of: #"(^|[\s;{}])export\s+default\b"#, options: .regularExpression) != nil
+    }
+
+    // MARK: Submitting
+
+    /// Stores a pending workload and queues it. `onFinish` is called once with the terminal record.
+    public func submit(_ request: SubmitRequest, onFinish: Completion? = nil) throws(EngineError) -> WorkloadRecord {
+        let backend = try chooseBackend(runtime: request.runtime, isolation: request.isolation, code: request.code)
+        lock.lock()
+        if shuttingDown { lock.unlock(); throw .shuttingDown }
+        let waiting = queue.count + reserved
+        if runningCount + reserved >= config.maxConcurrent && waiting >= config.queueLimit {
+            lock.unlock()
+            throw .queueFull(retryAfterSeconds: 1)
+        }
+        reserved += 1
+        lock.unlock()
+
+        let record = WorkloadRecord(id: ids.next(), status: .pending, runtime: request.runtime,
+                                    isolation: request.isolation, resources: request.resources, createdAt: Millis.now())
+        do {
+            try store.insert(record)
+        } catch {
+            lock.lock()
+            reserved -= 1
+            lock.unlock()
+            throw .storage("\(error)")
+        }
+        broker.open(record.id)
+        Metrics.Counter(label: "kiln_workloads_submitted_total", dimensions: [("backend", backend.name.rawValue)]).increment()
+        let spec = ExecutionSpec(id: record.id, runtime: request.runtime, code: request.code,
+                                 inputJSON: request.inputJSON, env: request.env, resources: request.resources)
+        let job = Job(spec: spec, backend: backend)
+        if let onFinish { job.completions.append(onFinish) }
+
+        lock.lock()
+        reserved -= 1
+        jobs[record.id] = job
+        var start = false
+        if runningCount < config.maxConcurrent && queue.isEmpty {
+            runningCount += 1
+            start = true
+        } else {
+            queue.append(job)
+        }
+        lock.unlock()
+        if start { launch(job) }
+        return record
+    }
+
+    /// Registers `callback` for the end of a live workload; false when it is not live.
+    public func whenFinished(_ id: String, _ callback: @escaping Completion) -> Bool {
+        lock.lock()
+        defer { lock.unlock() }
+        guard let job = jobs[id] else { return false }
+        job.completions.append(callback)
+        return true
+    }
+
+    /// Kills a workload: a pending one at once, a running one by ending its process tree.
+    /// `onFinish` gets the `killed` record.
+    public func kill(_ id: String, onFinish: @escaping Completion) throws(EngineError) {
+        lock.lock()
+        guard let job = jobs[id] else {
+            lock.unlock()
+            let record: WorkloadRecord?
+            do { record = try store.get(id) } catch { throw .storage("\(error)") }
+            guard let record else { throw .notFound(id) }
+            throw .alreadyFinished(record)
+        }
+        job.completions.append(onFinish)
+        if let index = queue.firstIndex(where: { $0 === job }) {
+            queue.remove(at: index)
+            jobs[id] = nil
+            lock.unlock()
+            finishUnstarted(job, status: .killed, error: "killed before it started")
+            return
+        }
+        lock.unlock()
+        job.cancellation.cancel(.killed)
+    }
+
+    public struct Counts: Sendable {
+        public var running: Int
+        public var queued: Int
+    }
+
+    public var counts: Counts {
+        lock.lock()
+        defer { lock.unlock() }
+        return Counts(running: runningCount, queued: queue.count)
+    }
+
+    // MARK: Running
+
+    private func launch(_ job: Job) {
+        runQueue.async { [self] in
+            run(job)
+            var next: Job? = nil
+            lock.lock()
+            if !shuttingDown, !queue.isEmpty {
+                next = queue.removeFirst()
+            } else {
+                runningCount -= 1
+            }
+            lock.unlock()
+            if let next { launch(next) }
+        }
+    }
+
+    private func run(_ job: Job) {
+        let id = job.spec.id
+        let started = Millis.now()
+        if job.cancellation.reason != nil {
+            finishUnstarted(job, status: job.cancellation.reason == .killed ? .killed : .failed,
+                            error: job.cancellation.reason == .killed ? "killed before it started" : "server shutdown")
+            return
+        }
+        do {
+            let backendName = job.backend.name
+            try store.transition(id, to: .running) { r in
+                r.startedAt = started
+                r.isolationUsed = backendName
+            }
+        } catch {
+            logger.error("cannot start workload \(id): \(error)")
+            finishUnstarted(job, status: .failed, error: "cannot start: \(error)")
+            return
+        }
+        let writer = EngineLogWriter(id: id, engine: self)
+        let result = job.backend.execute(job.spec, writer: writer, cancellation: job.cancellation)
+        writer.finish()
+        let finished = Millis.now()
+        let (status, error) = Engine.outcome(result, cancel: job.cancellation.reason)
+        let output = result.output.map { ($0.text, false) } ?? OutputCapture.value(of: writer.stdout, truncated: writer.stdoutTruncated)
+        let lines = writer.lastSeq
+        let backendName = job.backend.name.rawValue
+        writerQueue.async { [self] in
+            let record: WorkloadRecord
+            do {
+                record = try store.transition(id, to: status) { r in
+                    r.exitCode = result.exitCode
+                    r.error = error
+                    r.outputJSON = output.0
+                    r.outputTruncated = output.1
+                    r.logLines = lines
+                    r.finishedAt = finished
+                    r.durationMs = finished - started
+                }
+            } catch {
+                logger.error("cannot store the end of workload \(id): \(error)")
+                return
+            }
+            Metrics.Counter(label: "kiln_workloads_total", dimensions: [("status", status.rawValue), ("backend", backendName)]).increment()
+            Metrics.Timer(label: "kiln_workload_duration_seconds", dimensions: [("backend", backendName)])
+                .recordMilliseconds(finished - started)
+            complete(job, record)
+        }
+    }
+
+    static func outcome(_ r: ExecutionResult, cancel: CancelReason?) -> (WorkloadStatus, String?) {
+        switch cancel {
+        case .killed: return (.killed, "killed by request")
+        case .shutdown: return (.failed, "server shutdown")
+        case nil: break
+        }
+        if r.timedOut { return (.failed, r.error ?? "timed out") }
+        if let e = r.error { return (.failed, e) }
+        guard let code = r.exitCode else { return (.failed, "the backend reported no exit status") }
+        if code == 0 { return (.completed, nil) }
+        if code > 128 && code < 160 { return (.failed, "terminated by signal \(code - 128) (exit code \(code))") }
+        return (.failed, "exited with code \(code)")
+    }
+
+    /// Ends a workload that never ran (killed or failed while pending).
+    private func finishUnstarted(_ job: Job, status: WorkloadStatus, error: String) {
+        let id = job.spec.id
+        writerQueue.async { [self] in
+            let record: WorkloadRecord
+            do {
+                record = try store.transition(id, to: status) { r in
+                    r.error = error
+                    r.finishedAt = Millis.now()
+                }
+            } catch {
+                logger.error("cannot end workload \(id): \(error)")
+                if let r = try? store.get(id) { complete(job, r) }
+                return
+            }
+            Metrics.Counter(label: "kiln_workloads_total", dimensions: [("status", status.rawValue), ("backend", job.backend.name.rawValue)]).increment()
+            complete(job, record)
+        }
+    }
+
+    /// After the terminal state is stored: close the live log, call completions.
+    private func complete(_ job: Job, _ record: WorkloadRecord) {
+        broker.close(record.id, end: EndInfo(record: record))
+        lock.lock()
+        jobs[record.id] = nil
+        let callbacks = job.completions
+        job.completions.removeAll()
+        lock.unlock()
+        for c in callbacks { c(record) }
+        idle.lock()
+        idle.broadcast()
+        idle.unlock()
+    }
+
+    /// Stores a batch of lines, then lets the broker drop them from memory.
+    func persist(_ id: String, _ lines: [LogLine]) {
+        guard let last = lines.last?.seq else { return }
+        writerQueue.async { [self] in
+            do {
+                try store.appendLines(id, lines)
+                broker.markPersisted(id, upTo: last)
+            } catch {
+                logger.error("cannot store \(lines.count) log lines of \(id): \(error)")
+            }
+        }
+        Metrics.Counter(label: "kiln_log_lines_total").increment(by: lines.count)
+    }
+
+    // MARK: Shutdown
+
+    /// Refuses new work, fails pending workloads, kills running ones ("server shutdown"),
+    /// and waits (up to `timeout`) until every line and terminal state is stored.
+    public func shutdown(timeout: TimeInterval = 8) {
+        lock.lock()
+        shuttingDown = true
+        let pending = queue
+        queue.removeAll()
+        for job in pending { jobs[job.spec.id] = nil }
+        let live = Array(jobs.values)
+        lock.unlock()
+        for job in pending { finishUnstarted(job, status: .failed, error: "server shutdown") }
+        for job in live { job.cancellation.cancel(.shutdown) }
+        let deadline = Date().addingTimeInterval(timeout)
+        idle.lock()
+        while Date() < deadline {
+            lock.lock()
+            let remaining = jobs.count
+            lock.unlock()
+            if remaining == 0 { break }
+            _ = idle.wait(until: min(deadline, Date().addingTimeInterval(0.05)))
+        }
+        idle.unlock()
+        writerQueue.sync {}
+    }
+}
+
+/// One workload the engine holds, pending or running.
+final class Job: @unchecked Sendable {
+    let spec: ExecutionSpec
+    let backend: any Backend
+    let cancellation = Cancellation()
+    /// Guarded by the engine's lock.
+    var completions: [Engine.Completion] = []
+
+    init(spec: ExecutionSpec, backend: any Backend) {
+        self.spec = spec
+        self.backend = backend
+    }
+}
+
+/// stdout as the record's `output`.
+public enum OutputCapture {
+    public static let limit = 1 << 20
+
+    /// JSON text of the output: the parsed value when the trimmed text is valid JSON,
+    /// else the text as a string, `null` when empty.
+    public static func value(of bytes: [UInt8], truncated: Bool) -> (String, Bool) {
+        if bytes.isEmpty { return ("null", truncated) }
+        if !truncated {
+            let trimmed = trim(bytes)
+            if !trimmed.isEmpty, (try? JSON.parse(Array(trimmed))) != nil {
+                return (String(decoding: trimmed, as: UTF8.self), false)
+            }
+        }
+        return (JSON.string(String(decoding: bytes, as: UTF8.self)).text, truncated)
+    }
+
+    private static func trim(_ b: [UInt8]) -> ArraySlice<UInt8> {
+        let ws: Set<UInt8> = [0x20, 0x09, 0x0A, 0x0D]
+        var s = b.startIndex
+        var e = b.endIndex
+        while s < e, ws.contains(b[s]) { s += 1 }
+        while e > s, ws.contains(b[e - 1]) { e -= 1 }
+        return b[s..<e]
+    }
+}
+
+/// Numbers lines, publishes them at once, and hands them to the store in batches.
+final class EngineLogWriter: LogWriter {
+    let id: String
+    unowned let engine: Engine
+    private(set) var lastSeq: Int64 = 0
+    private var out = LineSplitter()
+    private var err = LineSplitter()
+    private var batch: [LogLine] = []
+    private var fresh: [LogLine] = []
+    private var lastFlush = DispatchTime.now().uptimeNanoseconds
+    private(set) var stdout: [UInt8] = []
+    private(set) var stdoutTruncated = false
+    private var now: Int64 = 0
+    static let batchLines = 2048
+    static let batchNanos: UInt64 = 20_000_000
+
+    init(id: String, engine: Engine) {
+        self.id = id
+        self.engine = engine
+    }
+
+    func write(_ stream: LogStream, _ bytes: [UInt8]) {
+        now = Millis.now()
+        if stream == .stdout {
+            let room = OutputCapture.limit - stdout.count
+            if bytes.count <= room {
+                stdout.append(contentsOf: bytes)
+            } else {
+                stdout.append(contentsOf: bytes.prefix(room))
+                stdoutTruncated = true
+            }
+            out.feed(bytes) { add(.stdout, $0) }
+        } else {
+            err.feed(bytes) { add(.stderr, $0) }
+        }
+        publishFresh()
+    }
+
+    func writeLine(_ stream: LogStream, _ line: String) {
+        now = Millis.now()
+        var splitter = LineSplitter()
+        splitter.feed(Array(line.utf8)) { add(stream, $0) }
+        splitter.finish { add(stream, $0) }
+        publishFresh()
+    }
+
+    func tick() {
+        if !batch.isEmpty, DispatchTime.now().uptimeNanoseconds - lastFlush >= EngineLogWriter.batchNanos {
+            flush()
+        }
+    }
+
+    func finish() {
+        now = Millis.now()
+        out.finish { add(.stdout, $0) }
+        err.finish { add(.stderr, $0) }
+        publishFresh()
+        flush()
+    }
+
+    private func add(_ stream: LogStream, _ text: String) {
+        lastSeq += 1
+        let line = LogLine(seq: lastSeq, stream: stream, ts: now, line: text)
+        fresh.append(line)
+        batch.append(line)
+    }
+
+    private func publishFresh() {
+        guard !fresh.isEmpty else { return }
+        engine.broker.publish(id, fresh)
+        fresh.removeAll(keepingCapacity: true)
+        if batch.count >= EngineLogWriter.batchLines { flush() } else { tick() }
+    }
+
+    private func flush() {
+        lastFlush = DispatchTime.now().uptimeNanoseconds
+        guard !batch.isEmpty else { return }
+        engine.persist(id, batch)
+        batch = []
+    }
+}

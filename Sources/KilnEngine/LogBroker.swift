@@ -1,0 +1,299 @@
+import Foundation
+import KilnCore
+
+/// What a subscriber reads next.
+public enum LogRead: Sendable {
+    case lines([LogLine])
+    /// Nothing new; the waker registered with the subscription will be called.
+    case wait
+    /// The workload ended and every line up to `lastSeq` was delivered.
+    case end(EndInfo, lastSeq: Int64)
+}
+
+/// Reads stored lines for a subscriber that fell behind the in-memory window.
+public typealias LogHistory = @Sendable (_ workloadID: String, _ after: Int64, _ limit: Int) -> [LogLine]
+
+/// One ordered log per live workload, numbered by seq, with a cursor per subscriber.
+///
+/// Publishing never blocks on a subscriber: it appends to the workload's window and
+/// calls the wakers of the subscribers that were waiting. Memory does not grow with
+/// the number of subscribers; a subscriber that falls behind the window (lines already
+/// persisted and evicted) catches up from the store through `history`.
+public final class LogBroker: @unchecked Sendable {
+    // Guarded by `lock`.
+    private let lock = NSLock()
+    private var logs: [String: WorkloadLog] = [:]
+    private let history: LogHistory?
+    let windowLines: Int
+
+    /// - Parameters:
+    ///   - windowLines: persisted lines kept in memory per workload for fast readers.
+    ///   - history: where lines older than the window are read from.
+    public init(windowLines: Int = 8192, history: LogHistory? = nil) {
+        self.windowLines = max(1, windowLines)
+        self.history = history
+    }
+
+    /// Starts the log of a workload (idempotent).
+    @discardableResult
+    public func open(_ id: String) -> WorkloadLog {
+        lock.lock()
+        defer { lock.unlock() }
+        if let log = logs[id] { return log }
+        let log = WorkloadLog(id: id, windowLines: windowLines, history: history)
+        logs[id] = log
+        return log
+    }
+
+    public func log(_ id: String) -> WorkloadLog? {
+        lock.lock()
+        defer { lock.unlock() }
+        return logs[id]
+    }
+
+    /// Appends lines (their seqs must follow the last one) and wakes waiting subscribers.
+    /// Lines published to a workload that is not open are dropped.
+    public func publish(_ id: String, _ lines: [LogLine]) {
+        log(id)?.append(lines)
+    }
+
+    public func publish(_ id: String, _ line: LogLine) {
+        publish(id, [line])
+    }
+
+    /// Lines up to `seq` are in the store and may leave memory.
+    public func markPersisted(_ id: String, upTo seq: Int64) {
+        log(id)?.markPersisted(upTo: seq)
+    }
+
+    /// Ends the log: every subscriber reads what is left, then `end`.
+    public func close(_ id: String, end: EndInfo) {
+        lock.lock()
+        let log = logs.removeValue(forKey: id)
+        lock.unlock()
+        log?.close(end)
+    }
+
+    /// Ends every open log (server shutdown).
+    public func closeAll(_ end: (String) -> EndInfo) {
+        lock.lock()
+        let all = logs
+        logs.removeAll()
+        lock.unlock()
+        for (id, log) in all { log.close(end(id)) }
+    }
+
+    /// A cursor on a live workload's log that starts after `after` (nil: only later lines).
+    /// Nil when the workload has no live log (unknown or already finished).
+    public func subscription(_ id: String, after: Int64?) -> LogSubscription? {
+        guard let log = log(id) else { return nil }
+        return LogSubscription(log: log, after: after ?? log.lastSeq)
+    }
+
+    /// A stream of the lines published from now on; it finishes at `close`.
+    public func subscribe(_ id: String) -> (lines: AsyncStream<LogLine>, unsubscribe: @Sendable () -> Void) {
+        let (stream, continuation) = AsyncStream<LogLine>.makeStream(bufferingPolicy: .unbounded)
+        guard let sub = subscription(id, after: nil) else {
+            continuation.finish()
+            return (stream, {})
+        }
+        let pump = SubscriptionPump(sub, continuation)
+        continuation.onTermination = { _ in sub.cancel() }
+        pump.start()
+        return (stream, { sub.cancel(); continuation.finish() })
+    }
+
+    /// Number of live logs (for tests and stats).
+    public var openCount: Int {
+        lock.lock()
+        defer { lock.unlock() }
+        return logs.count
+    }
+}
+
+/// The in-memory log of one live workload.
+public final class WorkloadLog: @unchecked Sendable {
+    public let id: String
+    // All guarded by `lock`.
+    private let lock = NSLock()
+    private var window: [LogLine] = []
+    private var head = 0
+    private(set) var lastSeqValue: Int64 = 0
+    private var persisted: Int64 = 0
+    private var end: EndInfo?
+    private var waiters: [ObjectIdentifier: @Sendable () -> Void] = [:]
+    private let windowLines: Int
+    let history: LogHistory?
+
+    init(id: String, windowLines: Int, history: LogHistory?) {
+        self.id = id
+        self.windowLines = windowLines
+        self.history = history
+    }
+
+    public var lastSeq: Int64 {
+        lock.lock()
+        defer { lock.unlock() }
+        return lastSeqValue
+    }
+
+    func append(_ lines: [LogLine]) {
+        guard !lines.isEmpty else { return }
+        lock.lock()
+        if end != nil { lock.unlock(); return }
+        window.append(contentsOf: lines)
+        lastSeqValue = lines.last!.seq
+        trim()
+        let toWake = waiters
+        waiters.removeAll(keepingCapacity: true)
+        lock.unlock()
+        for wake in toWake.values { wake() }
+    }
+
+    func markPersisted(upTo seq: Int64) {
+        lock.lock()
+        persisted = max(persisted, seq)
+        trim()
+        lock.unlock()
+    }
+
+    /// Drops persisted lines beyond the window size. Unpersisted lines always stay. Caller holds `lock`.
+    private func trim() {
+        guard history != nil else { return }
+        var live = window.count - head
+        while live > windowLines, head < window.count, window[head].seq <= persisted {
+            head += 1
+            live -= 1
+        }
+        if head > 4096 && head * 2 > window.count {
+            window.removeFirst(head)
+            head = 0
+        }
+    }
+
+    func close(_ info: EndInfo) {
+        lock.lock()
+        if end != nil { lock.unlock(); return }
+        end = info
+        let toWake = waiters
+        waiters.removeAll()
+        lock.unlock()
+        for wake in toWake.values { wake() }
+    }
+
+    /// Lines after `cursor`, up to `max`; registers `waiter` when there are none.
+    func read(after cursor: Int64, max: Int, waiter: ObjectIdentifier, wake: (@Sendable () -> Void)?) -> LogRead {
+        lock.lock()
+        let firstInWindow = head < window.count ? window[head].seq : lastSeqValue + 1
+        if cursor + 1 < firstInWindow, let history {
+            lock.unlock()
+            // Behind the window: these lines are persisted.
+            let lines = history(id, cursor, min(max, Int(firstInWindow - cursor - 1)))
+            if !lines.isEmpty { return .lines(lines) }
+            lock.lock()
+        }
+        if cursor < lastSeqValue, head < window.count {
+            // Seqs in the window are contiguous: index arithmetic finds the cursor.
+            let start = head + Int(Swift.max(0, cursor + 1 - window[head].seq))
+            if start < window.count {
+                let stop = Swift.min(window.count, start + max)
+                let lines = Array(window[start..<stop])
+                lock.unlock()
+                return .lines(lines)
+            }
+        }
+        if let end {
+            let last = lastSeqValue
+            lock.unlock()
+            return .end(end, lastSeq: last)
+        }
+        if let wake { waiters[waiter] = wake }
+        lock.unlock()
+        return .wait
+    }
+
+    func removeWaiter(_ waiter: ObjectIdentifier) {
+        lock.lock()
+        waiters[waiter] = nil
+        lock.unlock()
+    }
+
+    var waiterCount: Int {
+        lock.lock()
+        defer { lock.unlock() }
+        return waiters.count
+    }
+}
+
+/// A subscriber's cursor. Read it from one thread at a time.
+public final class LogSubscription: @unchecked Sendable {
+    public let log: WorkloadLog
+    // `cursor` is touched only by the single reader; `waker` and `cancelled` are guarded by `lock`.
+    public private(set) var cursor: Int64
+    private let lock = NSLock()
+    private var waker: (@Sendable () -> Void)?
+    private var cancelled = false
+
+    init(log: WorkloadLog, after: Int64) {
+        self.log = log
+        self.cursor = after
+    }
+
+    /// The closure called (from any thread) when `next` answered `.wait` and something arrived.
+    public func setWaker(_ waker: @escaping @Sendable () -> Void) {
+        lock.lock()
+        self.waker = waker
+        lock.unlock()
+    }
+
+    public func next(max: Int = 512) -> LogRead {
+        lock.lock()
+        let wake = cancelled ? nil : waker
+        lock.unlock()
+        let result = log.read(after: cursor, max: max, waiter: ObjectIdentifier(self), wake: wake)
+        if case .lines(let lines) = result, let last = lines.last { cursor = last.seq }
+        return result
+    }
+
+    /// Unsubscribes: no waker is called after this returns.
+    public func cancel() {
+        lock.lock()
+        cancelled = true
+        waker = nil
+        lock.unlock()
+        log.removeWaiter(ObjectIdentifier(self))
+    }
+}
+
+/// Moves lines from a subscription into an AsyncStream whenever the subscription wakes.
+private final class SubscriptionPump: @unchecked Sendable {
+    let sub: LogSubscription
+    let continuation: AsyncStream<LogLine>.Continuation
+    // Serializes reads of the subscription.
+    let queue = DispatchQueue(label: "kiln.broker.pump")
+
+    init(_ sub: LogSubscription, _ continuation: AsyncStream<LogLine>.Continuation) {
+        self.sub = sub
+        self.continuation = continuation
+    }
+
+    func start() {
+        sub.setWaker { [self] in queue.async { self.drain() } }
+        queue.async { self.drain() }
+    }
+
+    private func drain() {
+        while true {
+            switch sub.next() {
+            case .lines(let lines):
+                for l in lines { continuation.yield(l) }
+            case .wait:
+                return
+            case .end:
+                continuation.finish()
+                sub.cancel()
+                return
+            }
+        }
+    }
+}

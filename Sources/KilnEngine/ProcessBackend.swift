@@ -1,0 +1,143 @@
+import Foundation
+import KilnCore
+import KilnSystem
+
+/// Finds runtime executables in the minimal PATH workloads get.
+public enum RuntimeLocator {
+    public static let minimalPath = "/usr/local/bin:/usr/bin:/bin"
+
+    public static func find(_ name: String) -> String? {
+        for dir in minimalPath.split(separator: ":") {
+            let path = "\(dir)/\(name)"
+            if FileManager.default.isExecutableFile(atPath: path) { return path }
+        }
+        return nil
+    }
+
+    public static func executables() -> [Runtime: String] {
+        var out: [Runtime: String] = [:]
+        if let p = find("python3") { out[.python] = p }
+        if let p = find("node") { out[.node] = p }
+        if let p = find("sh") { out[.shell] = p }
+        return out
+    }
+}
+
+/// Runs a workload as a plain child process: its own process group (and PID namespace
+/// where the kernel allows, so grandchildren die with it), rlimits, a fresh work folder,
+/// and an environment holding only what the request gave plus PATH and HOME.
+public struct ProcessBackend: Backend {
+    public let name: Isolation = .process
+    let workRoot: String
+    let executables: [Runtime: String]
+    let usePIDNamespace: Bool
+
+    public init(workRoot: String, executables: [Runtime: String] = RuntimeLocator.executables(),
+                usePIDNamespace: Bool = ChildProcess.pidNamespacesWork) {
+        self.workRoot = workRoot
+        self.executables = executables
+        self.usePIDNamespace = usePIDNamespace
+    }
+
+    public func capabilities() -> BackendCapabilities {
+        let runtimes = Runtime.allCases.filter { executables[$0] != nil }
+        return BackendCapabilities(
+            name: .process,
+            available: !runtimes.isEmpty,
+            reason: runtimes.isEmpty ? "no python3, node or sh in \(RuntimeLocator.minimalPath)" : nil,
+            runtimes: runtimes,
+            isolation: "none",
+            limits: [
+                ("timeout", .bool(true)),
+                ("memory", .string("RLIMIT_AS for python and shell; V8 --max-old-space-size for node")),
+                ("cpu", .string("RLIMIT_CPU (cpu seconds = timeout_s × cpus); cpus not pinned")),
+                ("process_tree", .string(usePIDNamespace ? "PID namespace per workload" : "process group")),
+            ],
+            network: "host",
+            filesystem: "host (work folder is the current directory)")
+    }
+
+    public func execute(_ spec: ExecutionSpec, writer: any LogWriter, cancellation: Cancellation) -> ExecutionResult {
+        guard let exe = executables[spec.runtime] else {
+            return ExecutionResult(exitCode: nil, error: "runtime \(spec.runtime.rawValue) is not installed")
+        }
+        let folder: WorkFolder
+        do {
+            folder = try WorkFolder(root: workRoot, id: spec.id)
+        } catch {
+            return ExecutionResult(exitCode: nil, error: "cannot prepare work folder: \(error)")
+        }
+        defer { folder.remove() }
+        do {
+            let launch = try ProcessLaunch.prepare(spec, in: folder.path, executable: exe)
+            var env = spec.env
+            env["PATH"] = env["PATH"] ?? RuntimeLocator.minimalPath
+            env["HOME"] = folder.path
+            let child = try ChildProcess.spawn(SpawnSpec(
+                executable: exe, arguments: launch.arguments, environment: env,
+                workingDirectory: folder.path, stdinPath: launch.stdinPath,
+                memoryLimitBytes: launch.rlimitMemory ? spec.resources.memMB << 20 : nil,
+                cpuLimitSeconds: spec.resources.timeoutS * max(1, spec.resources.cpus) + 1,
+                usePIDNamespace: usePIDNamespace))
+            return ProcessLaunch.drive(child, spec: spec, writer: writer, cancellation: cancellation)
+        } catch {
+            return ExecutionResult(exitCode: nil, error: "cannot start workload: \(error)")
+        }
+    }
+}
+
+/// A per-workload folder, removed afterwards.
+struct WorkFolder {
+    let path: String
+
+    init(root: String, id: String) throws {
+        path = "\(root)/\(id)"
+        try FileManager.default.createDirectory(atPath: path, withIntermediateDirectories: true,
+                                                attributes: [.posixPermissions: 0o700])
+    }
+
+    func remove() {
+        try? FileManager.default.removeItem(atPath: path)
+    }
+}
+
+/// The shared part of launching a runtime in a work folder and driving it.
+enum ProcessLaunch {
+    struct Prepared {
+        var arguments: [String]
+        var stdinPath: String
+        /// Whether RLIMIT_AS applies (V8 reserves more address space than any sane limit).
+        var rlimitMemory: Bool
+    }
+
+    /// Writes the code and input into `folder`; returns argv (paths relative to the folder).
+    static func prepare(_ spec: ExecutionSpec, in folder: String, executable: String) throws -> Prepared {
+        let input = "\(folder)/input.json"
+        try Data(spec.inputJSON.utf8).write(to: URL(fileURLWithPath: input))
+        switch spec.runtime {
+        case .python:
+            try Data(spec.code.utf8).write(to: URL(fileURLWithPath: "\(folder)/main.py"))
+            return Prepared(arguments: ["python3", "-u", "main.py"], stdinPath: input, rlimitMemory: true)
+        case .node:
+            try Data(spec.code.utf8).write(to: URL(fileURLWithPath: "\(folder)/main.js"))
+            return Prepared(arguments: ["node", "--max-old-space-size=\(spec.resources.memMB)", "main.js"],
+                            stdinPath: input, rlimitMemory: false)
+        case .shell:
+            try Data(spec.code.utf8).write(to: URL(fileURLWithPath: "\(folder)/main.sh"))
+            return Prepared(arguments: ["sh", "main.sh"], stdinPath: input, rlimitMemory: true)
+        }
+    }
+
+    static func drive(_ child: ChildProcess, spec: ExecutionSpec, writer: any LogWriter, cancellation: Cancellation) -> ExecutionResult {
+        cancellation.onCancel { child.stop() }
+        let deadline = DispatchTime.now() + .seconds(spec.resources.timeoutS)
+        let exit = child.drive(deadline: deadline, tickMillis: 25, onOutput: { stream, bytes in
+            writer.write(stream == .stdout ? .stdout : .stderr, bytes)
+        }, onTick: { writer.tick() })
+        if exit.timedOut {
+            return ExecutionResult(exitCode: Int(exit.status), timedOut: true,
+                                   error: "timed out after \(spec.resources.timeoutS) s")
+        }
+        return ExecutionResult(exitCode: Int(exit.status), cancelled: exit.stopped)
+    }
+}

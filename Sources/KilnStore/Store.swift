@@ -1,0 +1,294 @@
+import Foundation
+import GRDB
+import KilnCore
+
+public enum StoreError: Error, Equatable, CustomStringConvertible {
+    case notFound(String)
+    case invalidTransition(id: String, from: WorkloadStatus, to: WorkloadStatus)
+    case cannotOpen(String)
+
+    public var description: String {
+        switch self {
+        case .notFound(let id): return "workload \(id) not found"
+        case let .invalidTransition(id, from, to): return "workload \(id) cannot move from \(from.rawValue) to \(to.rawValue)"
+        case .cannotOpen(let why): return why
+        }
+    }
+}
+
+public struct WorkloadFilter: Sendable {
+    public var status: WorkloadStatus?
+    public var isolationUsed: Isolation?
+    public var runtime: Runtime?
+
+    public init(status: WorkloadStatus? = nil, isolationUsed: Isolation? = nil, runtime: Runtime? = nil) {
+        self.status = status
+        self.isolationUsed = isolationUsed
+        self.runtime = runtime
+    }
+}
+
+public struct BackendStats: Sendable, Equatable {
+    public var count: Int
+    public var avgMs: Double
+    public var p50Ms: Int64
+    public var p95Ms: Int64
+}
+
+public struct StoreStats: Sendable {
+    public var byStatus: [WorkloadStatus: Int]
+    public var total: Int
+    public var backends: [String: BackendStats]
+    public var logLinesTotal: Int64
+}
+
+/// Kiln's state in SQLite through GRDB: WAL mode, named migrations, and the workload
+/// state machine enforced on every status change.
+public final class Store: Sendable {
+    private let db: any DatabaseWriter
+
+    /// Opens (creating the file and its folder) the database at `path`; `:memory:` keeps it in memory.
+    public init(path: String) throws {
+        var config = Configuration()
+        config.prepareDatabase { db in
+            try db.execute(sql: "PRAGMA synchronous = NORMAL")
+        }
+        config.busyMode = .timeout(5)
+        do {
+            if path == ":memory:" {
+                db = try DatabaseQueue(configuration: config)
+            } else {
+                let folder = URL(fileURLWithPath: path).deletingLastPathComponent().path
+                try FileManager.default.createDirectory(atPath: folder, withIntermediateDirectories: true)
+                db = try DatabasePool(path: path, configuration: config)
+            }
+            try Store.migrator.migrate(db)
+        } catch {
+            throw StoreError.cannotOpen("cannot open database \(path): \(error)")
+        }
+    }
+
+    static var migrator: DatabaseMigrator {
+        var m = DatabaseMigrator()
+        m.registerMigration("v1-workloads") { db in
+            try db.execute(sql: """
+                CREATE TABLE workloads (
+                    id TEXT PRIMARY KEY NOT NULL,
+                    status TEXT NOT NULL,
+                    runtime TEXT NOT NULL,
+                    isolation TEXT NOT NULL,
+                    isolation_used TEXT,
+                    exit_code INTEGER,
+                    output TEXT NOT NULL DEFAULT 'null',
+                    output_truncated INTEGER NOT NULL DEFAULT 0,
+                    error TEXT,
+                    cpus INTEGER NOT NULL,
+                    mem_mb INTEGER NOT NULL,
+                    timeout_s INTEGER NOT NULL,
+                    log_lines INTEGER NOT NULL DEFAULT 0,
+                    duration_ms INTEGER,
+                    created_at INTEGER NOT NULL,
+                    started_at INTEGER,
+                    finished_at INTEGER
+                ) WITHOUT ROWID;
+                CREATE INDEX workloads_status ON workloads(status, id);
+                CREATE INDEX workloads_isolation_duration ON workloads(isolation_used, duration_ms);
+                """)
+        }
+        m.registerMigration("v1-log-lines") { db in
+            try db.execute(sql: """
+                CREATE TABLE log_lines (
+                    workload_id TEXT NOT NULL,
+                    seq INTEGER NOT NULL,
+                    stream TEXT NOT NULL,
+                    ts INTEGER NOT NULL,
+                    line TEXT NOT NULL
+                );
+                CREATE UNIQUE INDEX log_lines_workload_seq ON log_lines(workload_id, seq);
+                """)
+        }
+        return m
+    }
+
+    // MARK: Workloads
+
+    public func insert(_ r: WorkloadRecord) throws {
+        try db.write { db in
+            try db.execute(sql: """
+                INSERT INTO workloads (id, status, runtime, isolation, isolation_used, exit_code, output,
+                    output_truncated, error, cpus, mem_mb, timeout_s, log_lines, duration_ms, created_at,
+                    started_at, finished_at)
+                VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+                """, arguments: Store.arguments(r))
+        }
+    }
+
+    /// Moves a workload to `status`, applying `change` to the record, if the state machine
+    /// allows it; the check and the write are one transaction.
+    @discardableResult
+    public func transition(_ id: String, to status: WorkloadStatus,
+                           _ change: @Sendable (inout WorkloadRecord) -> Void = { _ in }) throws -> WorkloadRecord {
+        try db.write { db in
+            guard var r = try Store.fetch(db, id) else { throw StoreError.notFound(id) }
+            guard r.status.canMove(to: status) else {
+                throw StoreError.invalidTransition(id: id, from: r.status, to: status)
+            }
+            r.status = status
+            change(&r)
+            try db.execute(sql: """
+                UPDATE workloads SET status = ?, runtime = ?, isolation = ?, isolation_used = ?, exit_code = ?,
+                    output = ?, output_truncated = ?, error = ?, cpus = ?, mem_mb = ?, timeout_s = ?,
+                    log_lines = ?, duration_ms = ?, created_at = ?, started_at = ?, finished_at = ?
+                WHERE id = ?
+                """, arguments: StatementArguments(Array(Store.values(r).dropFirst())) + [id])
+            return r
+        }
+    }
+
+    public func get(_ id: String) throws -> WorkloadRecord? {
+        try db.read { db in try Store.fetch(db, id) }
+    }
+
+    /// Newest first. The cursor is the id of the last record of the previous page.
+    public func list(limit: Int, cursor: String?, filter: WorkloadFilter) throws -> (records: [WorkloadRecord], nextCursor: String?) {
+        var clauses: [String] = []
+        var args: [any DatabaseValueConvertible] = []
+        if let cursor { clauses.append("id < ?"); args.append(cursor) }
+        if let s = filter.status { clauses.append("status = ?"); args.append(s.rawValue) }
+        if let i = filter.isolationUsed { clauses.append("isolation_used = ?"); args.append(i.rawValue) }
+        if let r = filter.runtime { clauses.append("runtime = ?"); args.append(r.rawValue) }
+        let whereSQL = clauses.isEmpty ? "" : "WHERE " + clauses.joined(separator: " AND ")
+        args.append(limit + 1)
+        let rows = try db.read { db in
+            try Row.fetchAll(db, sql: "SELECT * FROM workloads \(whereSQL) ORDER BY id DESC LIMIT ?", arguments: StatementArguments(args))
+        }
+        var records = rows.map(Store.record)
+        var next: String? = nil
+        if records.count > limit {
+            records.removeLast()
+            next = records.last?.id
+        }
+        return (records, next)
+    }
+
+    /// Marks every `pending` or `running` workload `failed` with `error`; returns their ids.
+    public func failUnfinished(error: String, at now: Int64 = Millis.now()) throws -> [String] {
+        try db.write { db in
+            let ids = try String.fetchAll(db, sql: "SELECT id FROM workloads WHERE status IN ('pending', 'running')")
+            try db.execute(sql: """
+                UPDATE workloads SET status = 'failed', error = ?, finished_at = ?,
+                    duration_ms = CASE WHEN started_at IS NULL THEN NULL ELSE ? - started_at END,
+                    log_lines = (SELECT count(*) FROM log_lines WHERE workload_id = workloads.id)
+                WHERE status IN ('pending', 'running')
+                """, arguments: [error, now, now])
+            return ids
+        }
+    }
+
+    // MARK: Log lines
+
+    /// Stores a batch of lines in one transaction.
+    public func appendLines(_ id: String, _ lines: [LogLine]) throws {
+        guard !lines.isEmpty else { return }
+        try db.write { db in
+            let statement = try db.cachedStatement(sql: "INSERT INTO log_lines (workload_id, seq, stream, ts, line) VALUES (?, ?, ?, ?, ?)")
+            for l in lines {
+                try statement.execute(arguments: [id, l.seq, l.stream.rawValue, l.ts, l.line])
+            }
+        }
+    }
+
+    /// Lines with seq > `after`, in order, at most `limit`.
+    public func lines(_ id: String, after: Int64, limit: Int) throws -> [LogLine] {
+        try db.read { db in
+            try Row.fetchAll(db, sql: "SELECT seq, stream, ts, line FROM log_lines WHERE workload_id = ? AND seq > ? ORDER BY seq LIMIT ?",
+                             arguments: [id, after, limit]).map { row in
+                LogLine(seq: row["seq"], stream: LogStream(rawValue: row["stream"]) ?? .stdout, ts: row["ts"], line: row["line"])
+            }
+        }
+    }
+
+    /// The last `count` lines' first seq minus one: where a `tail=count` stream starts.
+    public func seqBeforeLast(_ id: String, count: Int) throws -> Int64 {
+        try db.read { db in
+            let maxSeq = try Int64.fetchOne(db, sql: "SELECT max(seq) FROM log_lines WHERE workload_id = ?", arguments: [id]) ?? 0
+            return max(0, maxSeq - Int64(count))
+        }
+    }
+
+    public func maxSeq(_ id: String) throws -> Int64 {
+        try db.read { db in
+            try Int64.fetchOne(db, sql: "SELECT max(seq) FROM log_lines WHERE workload_id = ?", arguments: [id]) ?? 0
+        }
+    }
+
+    // MARK: Stats
+
+    public func stats() throws -> StoreStats {
+        try db.read { db in
+            var byStatus: [WorkloadStatus: Int] = [:]
+            var total = 0
+            for row in try Row.fetchAll(db, sql: "SELECT status, count(*) AS n FROM workloads GROUP BY status") {
+                if let s = WorkloadStatus(rawValue: row["status"]) {
+                    let n: Int = row["n"]
+                    byStatus[s] = n
+                    total += n
+                }
+            }
+            var backends: [String: BackendStats] = [:]
+            let groups = try Row.fetchAll(db, sql: """
+                SELECT isolation_used, count(*) AS n, avg(duration_ms) AS avg FROM workloads
+                WHERE duration_ms IS NOT NULL AND isolation_used IS NOT NULL GROUP BY isolation_used
+                """)
+            for row in groups {
+                let name: String = row["isolation_used"]
+                let n: Int = row["n"]
+                func percentile(_ p: Double) throws -> Int64 {
+                    let offset = max(0, Int((Double(n) * p).rounded(.up)) - 1)
+                    return try Int64.fetchOne(db, sql: """
+                        SELECT duration_ms FROM workloads WHERE isolation_used = ? AND duration_ms IS NOT NULL
+                        ORDER BY duration_ms LIMIT 1 OFFSET ?
+                        """, arguments: [name, offset]) ?? 0
+                }
+                backends[name] = BackendStats(count: n, avgMs: row["avg"], p50Ms: try percentile(0.5), p95Ms: try percentile(0.95))
+            }
+            let lines = try Int64.fetchOne(db, sql: "SELECT coalesce(sum(log_lines), 0) FROM workloads") ?? 0
+            return StoreStats(byStatus: byStatus, total: total, backends: backends, logLinesTotal: lines)
+        }
+    }
+
+    // MARK: Mapping
+
+    private static func values(_ r: WorkloadRecord) -> [(any DatabaseValueConvertible)?] {
+        [r.id, r.status.rawValue, r.runtime.rawValue, r.isolation.rawValue, r.isolationUsed?.rawValue, r.exitCode,
+         r.outputJSON, r.outputTruncated, r.error, r.resources.cpus, r.resources.memMB, r.resources.timeoutS,
+         r.logLines, r.durationMs, r.createdAt, r.startedAt, r.finishedAt]
+    }
+
+    private static func arguments(_ r: WorkloadRecord) -> StatementArguments {
+        StatementArguments(values(r))
+    }
+
+    private static func fetch(_ db: Database, _ id: String) throws -> WorkloadRecord? {
+        try Row.fetchOne(db, sql: "SELECT * FROM workloads WHERE id = ?", arguments: [id]).map(record)
+    }
+
+    private static func record(_ row: Row) -> WorkloadRecord {
+        WorkloadRecord(
+            id: row["id"],
+            status: WorkloadStatus(rawValue: row["status"]) ?? .failed,
+            runtime: Runtime(rawValue: row["runtime"]) ?? .shell,
+            isolation: Isolation(rawValue: row["isolation"]) ?? .auto,
+            isolationUsed: (row["isolation_used"] as String?).flatMap(Isolation.init(rawValue:)),
+            exitCode: row["exit_code"],
+            outputJSON: row["output"],
+            outputTruncated: row["output_truncated"],
+            error: row["error"],
+            resources: Resources(cpus: row["cpus"], memMB: row["mem_mb"], timeoutS: row["timeout_s"]),
+            logLines: row["log_lines"],
+            durationMs: row["duration_ms"],
+            createdAt: row["created_at"],
+            startedAt: row["started_at"],
+            finishedAt: row["finished_at"])
+    }
+}

@@ -1,0 +1,468 @@
+internal import CMicroHTTPD
+internal import CKilnSys
+import Foundation
+
+public struct HTTPServerError: Error, CustomStringConvertible {
+    public var description: String
+}
+
+/// The libmicrohttpd daemon: epoll internal thread with a thread pool, suspend/resume
+/// for deferred and streaming responses. The only place that talks to libmicrohttpd.
+public final class HTTPServer: @unchecked Sendable {
+    public struct Options: Sendable {
+        public var host: String
+        public var port: Int
+        public var threads: Int
+        public var maxBodyBytes: Int
+        /// Memory pool per connection (headers, write buffer).
+        public var connectionMemoryLimit: Int
+        public var connectionLimit: Int
+        /// Idle connections (not suspended) are closed after this long.
+        public var connectionTimeoutSeconds: Int
+        /// Size of one chunk asked from a streaming body.
+        public var streamBlockSize: Int
+
+        public init(host: String, port: Int, threads: Int = ProcessInfo.processInfo.activeProcessorCount,
+                    maxBodyBytes: Int = 10 << 20, connectionMemoryLimit: Int = 16 * 1024,
+                    connectionLimit: Int = 19_500, connectionTimeoutSeconds: Int = 60,
+                    streamBlockSize: Int = 8 * 1024) {
+            self.host = host
+            self.port = port
+            self.threads = max(1, threads)
+            self.maxBodyBytes = maxBodyBytes
+            self.connectionMemoryLimit = connectionMemoryLimit
+            self.connectionLimit = connectionLimit
+            self.connectionTimeoutSeconds = connectionTimeoutSeconds
+            self.streamBlockSize = streamBlockSize
+        }
+    }
+
+    let options: Options
+    let responder: any HTTPResponder
+    // `daemon`, `listenFD`, `stopping` and `suspended` are guarded by `lock`.
+    private let lock = NSLock()
+    private var daemon: OpaquePointer?
+    private var listenFD: Int32 = -1
+    private var stopping = false
+    private var suspended: [ObjectIdentifier: any Resumable] = [:]
+    private var selfRef: Unmanaged<HTTPServer>?
+    /// The port actually bound (resolves port 0).
+    public private(set) var boundPort: Int = 0
+
+    public init(options: Options, responder: any HTTPResponder) {
+        self.options = options
+        self.responder = responder
+    }
+
+    public func start() throws {
+        var port: Int32 = 0
+        let fd = kiln_listen(options.host, String(options.port), 4096, &port)
+        guard fd >= 0 else {
+            throw HTTPServerError(description: "cannot listen on \(options.host):\(options.port): \(String(cString: strerror(-fd)))")
+        }
+        let ref = Unmanaged.passRetained(self)
+        let flags = MHD_USE_EPOLL_INTERNAL_THREAD.rawValue | MHD_ALLOW_SUSPEND_RESUME.rawValue | MHD_USE_ERROR_LOG.rawValue
+        let d = kiln_mhd_start(
+            UInt32(flags), fd, UInt32(options.threads), options.connectionMemoryLimit,
+            UInt32(options.connectionLimit), UInt32(options.connectionTimeoutSeconds),
+            accessHandler, ref.toOpaque(), requestCompleted, ref.toOpaque())
+        guard let d else {
+            ref.release()
+            close(fd)
+            throw HTTPServerError(description: "libmicrohttpd refused to start on \(options.host):\(options.port)")
+        }
+        lock.lock()
+        daemon = d
+        listenFD = fd
+        selfRef = ref
+        boundPort = Int(port)
+        lock.unlock()
+    }
+
+    /// Stops accepting, resumes every suspended connection (a suspended connection at
+    /// MHD_stop_daemon leaks or crashes), then stops the daemon.
+    public func stop() {
+        lock.lock()
+        guard let d = daemon else { lock.unlock(); return }
+        stopping = true
+        let pending = Array(suspended.values)
+        suspended.removeAll()
+        lock.unlock()
+        _ = MHD_quiesce_daemon(d)
+        for item in pending { item.resumeForShutdown() }
+        // Give resumed connections a moment to write their last bytes.
+        usleep(100_000)
+        MHD_stop_daemon(d)
+        lock.lock()
+        daemon = nil
+        let fd = listenFD
+        listenFD = -1
+        let ref = selfRef
+        selfRef = nil
+        lock.unlock()
+        if fd >= 0 { close(fd) }
+        ref?.release()
+    }
+
+    var isStopping: Bool {
+        lock.lock()
+        defer { lock.unlock() }
+        return stopping
+    }
+
+    /// Records a suspended connection; false when the server is stopping (do not suspend).
+    func trackSuspended(_ item: any Resumable) -> Bool {
+        lock.lock()
+        defer { lock.unlock() }
+        if stopping { return false }
+        suspended[ObjectIdentifier(item)] = item
+        return true
+    }
+
+    func untrackSuspended(_ item: any Resumable) {
+        lock.lock()
+        suspended[ObjectIdentifier(item)] = nil
+        lock.unlock()
+    }
+
+    static func from(_ pointer: UnsafeMutableRawPointer?) -> HTTPServer {
+        Unmanaged<HTTPServer>.fromOpaque(pointer!).takeUnretainedValue()
+    }
+}
+
+/// A suspended connection the server can resume at shutdown.
+protocol Resumable: AnyObject {
+    func resumeForShutdown()
+}
+
+private let jsonContentType = "application/json"
+
+// MARK: - Per-request state
+
+/// Lives from the first call of the access handler to MHD's completion notice.
+final class RequestState: @unchecked Sendable, Resumable {
+    // Set on the daemon thread that owns the connection; `lock` guards the
+    // fields shared with the thread that resolves a deferred response.
+    let connection: OpaquePointer
+    var request: HTTPRequest
+    var bodyBytes = 0
+    var rejected = false
+    var status = 0
+    let startNanos: UInt64
+    let lock = NSLock()
+    var readyResponse: HTTPResponse?
+    var isSuspended = false
+    var dispatched = false
+
+    init(connection: OpaquePointer, request: HTTPRequest) {
+        self.connection = connection
+        self.request = request
+        self.startNanos = DispatchTime.now().uptimeNanoseconds
+    }
+
+    func resumeForShutdown() {
+        lock.lock()
+        if readyResponse == nil {
+            readyResponse = HTTPResponse.jsonError(status: 503, code: "shutting_down", message: "the server is shutting down")
+        }
+        if isSuspended {
+            isSuspended = false
+            MHD_resume_connection(connection)
+        }
+        lock.unlock()
+    }
+}
+
+extension HTTPResponse {
+    static func jsonError(status: Int, code: String, message: String) -> HTTPResponse {
+        let body = "{\"error\":{\"code\":\"\(code)\",\"message\":\"\(message)\"}}"
+        return HTTPResponse(status: status, headers: [("Content-Type", jsonContentType)], body: .bytes(Array(body.utf8)))
+    }
+}
+
+private final class HeaderCollector {
+    var headers: [String: String] = [:]
+}
+
+private let collectHeader: MHD_KeyValueIterator = { cls, _, key, value in
+    let box = Unmanaged<HeaderCollector>.fromOpaque(cls!).takeUnretainedValue()
+    if let key {
+        let name = String(cString: key).lowercased()
+        let v = value.map { String(cString: $0) } ?? ""
+        if let existing = box.headers[name] {
+            box.headers[name] = existing + ", " + v
+        } else {
+            box.headers[name] = v
+        }
+    }
+    return MHD_Result.YES
+}
+
+private let collectQuery: MHD_KeyValueIterator = { cls, _, key, value in
+    let box = Unmanaged<HeaderCollector>.fromOpaque(cls!).takeUnretainedValue()
+    if let key {
+        let name = String(cString: key)
+        if box.headers[name] == nil {
+            box.headers[name] = value.map { String(cString: $0) } ?? ""
+        }
+    }
+    return MHD_Result.YES
+}
+
+private func values(of connection: OpaquePointer, kind: MHD_ValueKind, iterator: MHD_KeyValueIterator) -> [String: String] {
+    let box = HeaderCollector()
+    let ref = Unmanaged.passUnretained(box)
+    _ = MHD_get_connection_values(connection, kind, iterator, ref.toOpaque())
+    return box.headers
+}
+
+private func makeRequestID() -> String {
+    var rng = SystemRandomNumberGenerator()
+    let a = rng.next() as UInt64
+    return String(a, radix: 16).leftPadded(to: 16)
+}
+
+extension String {
+    func leftPadded(to n: Int) -> String {
+        count >= n ? self : String(repeating: "0", count: n - count) + self
+    }
+}
+
+// MARK: - Callbacks (run on daemon threads; capture nothing)
+
+private let accessHandler: MHD_AccessHandlerCallback = { cls, connection, url, method, _, uploadData, uploadDataSize, conCls in
+    let server = HTTPServer.from(cls)
+    guard let connection, let conCls, let uploadDataSize else { return MHD_Result.NO }
+
+    if conCls.pointee == nil {
+        let path = url.map { String(cString: $0) } ?? "/"
+        let request = HTTPRequest(
+            method: method.map { String(cString: $0) } ?? "GET",
+            path: path,
+            query: values(of: connection, kind: MHD_ValueKind.GET_ARGUMENT_KIND, iterator: collectQuery),
+            headers: values(of: connection, kind: MHD_ValueKind.HEADER_KIND, iterator: collectHeader),
+            requestID: makeRequestID())
+        let state = RequestState(connection: connection, request: request)
+        conCls.pointee = Unmanaged.passRetained(state).toOpaque()
+        // Refuse a declared oversize body before reading any of it.
+        if let length = request.headers["content-length"], let n = Int(length), n > server.options.maxBodyBytes {
+            state.rejected = true
+            return server.queue(server.responder.bodyTooLarge(request, limit: server.options.maxBodyBytes), on: state)
+        }
+        return MHD_Result.YES
+    }
+    let state = Unmanaged<RequestState>.fromOpaque(conCls.pointee!).takeUnretainedValue()
+
+    if uploadDataSize.pointee > 0 {
+        let n = uploadDataSize.pointee
+        uploadDataSize.pointee = 0
+        if state.rejected { return MHD_Result.YES }
+        if state.bodyBytes + n > server.options.maxBodyBytes {
+            state.rejected = true
+            state.request.body = []
+            return server.queue(server.responder.bodyTooLarge(state.request, limit: server.options.maxBodyBytes), on: state)
+        }
+        if let uploadData {
+            uploadData.withMemoryRebound(to: UInt8.self, capacity: n) { p in
+                state.request.body.append(contentsOf: UnsafeBufferPointer(start: p, count: n))
+            }
+        }
+        state.bodyBytes += n
+        return MHD_Result.YES
+    }
+    if state.rejected { return MHD_Result.YES }
+
+    // Final call: either after a resume (the response is ready) or the first dispatch.
+    state.lock.lock()
+    if let ready = state.readyResponse {
+        state.readyResponse = nil
+        state.lock.unlock()
+        return server.queue(ready, on: state)
+    }
+    if state.dispatched {
+        // Woken without a response (should not happen): keep waiting.
+        state.lock.unlock()
+        return MHD_Result.YES
+    }
+    state.dispatched = true
+    state.lock.unlock()
+
+    switch server.responder.respond(to: state.request) {
+    case .now(let response):
+        return server.queue(response, on: state)
+    case .later(let promise):
+        state.lock.lock()
+        if let immediate = promise.observe({ response in
+            // Strong captures: a promise resolved after shutdown must find both alive.
+            state.lock.lock()
+            state.readyResponse = response
+            let wasSuspended = state.isSuspended
+            state.isSuspended = false
+            if wasSuspended {
+                server.untrackSuspended(state)
+                MHD_resume_connection(state.connection)
+            }
+            state.lock.unlock()
+        }) {
+            state.lock.unlock()
+            return server.queue(immediate, on: state)
+        }
+        if state.readyResponse == nil {
+            if server.trackSuspended(state) {
+                state.isSuspended = true
+                MHD_suspend_connection(connection)
+            } else {
+                state.readyResponse = HTTPResponse.jsonError(status: 503, code: "shutting_down", message: "the server is shutting down")
+                let r = state.readyResponse!
+                state.readyResponse = nil
+                state.lock.unlock()
+                return server.queue(r, on: state)
+            }
+        }
+        state.lock.unlock()
+        return MHD_Result.YES
+    }
+}
+
+private let requestCompleted: MHD_RequestCompletedCallback = { cls, _, conCls, _ in
+    guard let conCls, let raw = conCls.pointee else { return }
+    let server = HTTPServer.from(cls)
+    let state = Unmanaged<RequestState>.fromOpaque(raw).takeRetainedValue()
+    conCls.pointee = nil
+    let elapsed = DispatchTime.now().uptimeNanoseconds &- state.startNanos
+    server.responder.completed(state.request, status: state.status, durationNanos: elapsed)
+}
+
+extension HTTPServer {
+    fileprivate func queue(_ response: HTTPResponse, on state: RequestState) -> MHD_Result {
+        state.status = response.status
+        let mhdResponse: OpaquePointer?
+        switch response.body {
+        case .bytes(let bytes):
+            mhdResponse = bytes.withUnsafeBytes { raw in
+                MHD_create_response_from_buffer(raw.count, UnsafeMutableRawPointer(mutating: raw.baseAddress), MHD_ResponseMemoryMode.RESPMEM_MUST_COPY)
+            }
+        case .stream(let source):
+            let box = StreamBox(source: source, connection: state.connection, server: self)
+            let ref = Unmanaged.passRetained(box)
+            mhdResponse = MHD_create_response_from_callback(
+                kiln_mhd_size_unknown(), options.streamBlockSize, streamReader, ref.toOpaque(), streamFree)
+            if mhdResponse == nil {
+                ref.release()
+            } else {
+                source.attach(waker: { [weak box] in box?.wake() })
+            }
+        }
+        guard let mhdResponse else { return MHD_Result.NO }
+        defer { MHD_destroy_response(mhdResponse) }
+        var headers = response.headers
+        headers.append(("X-Request-ID", state.request.requestID))
+        for (name, value) in headers {
+            _ = MHD_add_response_header(mhdResponse, name, value)
+        }
+        return MHD_queue_response(state.connection, UInt32(response.status), mhdResponse)
+    }
+}
+
+// MARK: - Streaming bodies
+
+final class StreamBox: @unchecked Sendable, Resumable {
+    let source: any HTTPStreamSource
+    let connection: OpaquePointer
+    unowned let server: HTTPServer
+    // Guarded by `lock`: the suspend flag and wake handshake. `leftover` is only
+    // touched by the reader, which MHD calls one at a time per connection.
+    private let lock = NSLock()
+    private var suspended = false
+    private var wakePending = false
+    private var closed = false
+    private var leftover: [UInt8] = []
+    private var leftoverOffset = 0
+
+    init(source: any HTTPStreamSource, connection: OpaquePointer, server: HTTPServer) {
+        self.source = source
+        self.connection = connection
+        self.server = server
+    }
+
+    func wake() {
+        lock.lock()
+        defer { lock.unlock() }
+        if closed { return }
+        if suspended {
+            suspended = false
+            server.untrackSuspended(self)
+            MHD_resume_connection(connection)
+        } else {
+            wakePending = true
+        }
+    }
+
+    func resumeForShutdown() {
+        wake()
+    }
+
+    func finish() {
+        lock.lock()
+        closed = true
+        lock.unlock()
+        source.close()
+    }
+
+    /// Fills `buffer`; returns the byte count, 0 after suspending, or a sentinel.
+    func read(into buffer: UnsafeMutableRawBufferPointer) -> Int {
+        if leftoverOffset < leftover.count {
+            let n = min(buffer.count, leftover.count - leftoverOffset)
+            leftover.withUnsafeBytes { src in
+                buffer.baseAddress!.copyMemory(from: src.baseAddress! + leftoverOffset, byteCount: n)
+            }
+            leftoverOffset += n
+            if leftoverOffset == leftover.count { leftover = []; leftoverOffset = 0 }
+            return n
+        }
+        while true {
+            lock.lock()
+            wakePending = false
+            lock.unlock()
+            switch source.read(max: buffer.count) {
+            case .bytes(let bytes):
+                let n = min(buffer.count, bytes.count)
+                bytes.withUnsafeBytes { src in
+                    buffer.baseAddress!.copyMemory(from: src.baseAddress!, byteCount: n)
+                }
+                if n < bytes.count {
+                    leftover = bytes
+                    leftoverOffset = n
+                }
+                return n
+            case .end:
+                return Int(kiln_mhd_end_of_stream())
+            case .wait:
+                lock.lock()
+                if wakePending {
+                    lock.unlock()
+                    continue
+                }
+                if server.isStopping || !server.trackSuspended(self) {
+                    lock.unlock()
+                    return Int(kiln_mhd_end_with_error())
+                }
+                suspended = true
+                MHD_suspend_connection(connection)
+                lock.unlock()
+                return 0
+            }
+        }
+    }
+}
+
+private let streamReader: MHD_ContentReaderCallback = { cls, _, buf, max in
+    let box = Unmanaged<StreamBox>.fromOpaque(cls!).takeUnretainedValue()
+    guard let buf, max > 0 else { return 0 }
+    return box.read(into: UnsafeMutableRawBufferPointer(start: buf, count: max))
+}
+
+private let streamFree: MHD_ContentReaderFreeCallback = { cls in
+    let box = Unmanaged<StreamBox>.fromOpaque(cls!).takeRetainedValue()
+    box.finish()
+}

@@ -1,0 +1,124 @@
+import Foundation
+
+/// One HTTP request as the daemon received it, body complete.
+public struct HTTPRequest: Sendable {
+    public var method: String
+    /// The path, percent-decoded by libmicrohttpd, without the query string.
+    public var path: String
+    /// Query arguments, decoded. A repeated key keeps its first value.
+    public var query: [String: String]
+    /// Header names are lowercased.
+    public var headers: [String: String]
+    public var body: [UInt8]
+    public var requestID: String
+
+    public init(method: String, path: String, query: [String: String] = [:],
+                headers: [String: String] = [:], body: [UInt8] = [], requestID: String = "") {
+        self.method = method
+        self.path = path
+        self.query = query
+        self.headers = headers
+        self.body = body
+        self.requestID = requestID
+    }
+
+    public func header(_ name: String) -> String? { headers[name.lowercased()] }
+}
+
+/// What a streaming body hands the daemon when it is asked for more bytes.
+public enum StreamRead: Sendable {
+    /// Bytes to send now (never empty).
+    case bytes([UInt8])
+    /// Nothing to send yet: the connection is suspended until `wake` is called.
+    case wait
+    /// The response is complete.
+    case end
+}
+
+/// A response body produced on demand, for Server-Sent Events.
+///
+/// The daemon calls `read` on its own threads, one call at a time per stream. When
+/// `read` answers `.wait`, the connection is suspended; the source calls the waker it
+/// was given in `attach` when it has something new, from any thread.
+public protocol HTTPStreamSource: AnyObject, Sendable {
+    /// Called once, before the first `read`.
+    func attach(waker: @escaping @Sendable () -> Void)
+    func read(max: Int) -> StreamRead
+    /// The connection is finished (completed, failed or the client went away).
+    func close()
+}
+
+public enum HTTPBody: Sendable {
+    case bytes([UInt8])
+    case stream(any HTTPStreamSource)
+}
+
+public struct HTTPResponse: Sendable {
+    public var status: Int
+    public var headers: [(String, String)]
+    public var body: HTTPBody
+
+    public init(status: Int, headers: [(String, String)] = [], body: HTTPBody = .bytes([])) {
+        self.status = status
+        self.headers = headers
+        self.body = body
+    }
+
+    public mutating func setHeader(_ name: String, _ value: String) {
+        headers.removeAll { $0.0.lowercased() == name.lowercased() }
+        headers.append((name, value))
+    }
+
+    public func header(_ name: String) -> String? {
+        headers.first { $0.0.lowercased() == name.lowercased() }?.1
+    }
+}
+
+/// A response that is ready later: the connection stays suspended, holding no
+/// daemon thread, until `resolve` is called once from any thread.
+public final class HTTPPromise: @unchecked Sendable {
+    // Guarded by `lock`.
+    private let lock = NSLock()
+    private var value: HTTPResponse?
+    private var onResolve: (@Sendable (HTTPResponse) -> Void)?
+
+    public init() {}
+
+    public func resolve(_ response: HTTPResponse) {
+        lock.lock()
+        guard value == nil else { lock.unlock(); return }
+        value = response
+        let callback = onResolve
+        onResolve = nil
+        lock.unlock()
+        callback?(response)
+    }
+
+    /// Calls `callback` once with the response: now if it is already there, else on `resolve`.
+    public func onResolve(_ callback: @escaping @Sendable (HTTPResponse) -> Void) {
+        if let value = observe(callback) { callback(value) }
+    }
+
+    /// Registers the daemon's continuation. Returns the response at once when it is already there.
+    func observe(_ callback: @escaping @Sendable (HTTPResponse) -> Void) -> HTTPResponse? {
+        lock.lock()
+        defer { lock.unlock() }
+        if let value { return value }
+        onResolve = callback
+        return nil
+    }
+}
+
+public enum HTTPResult: Sendable {
+    case now(HTTPResponse)
+    case later(HTTPPromise)
+}
+
+/// The application side of the daemon.
+public protocol HTTPResponder: Sendable {
+    func respond(to request: HTTPRequest) -> HTTPResult
+    /// Called when a request body passes the size limit, before the rest is read.
+    func bodyTooLarge(_ request: HTTPRequest, limit: Int) -> HTTPResponse
+    /// Called once per finished request, for the access log and metrics.
+    func completed(_ request: HTTPRequest, status: Int, durationNanos: UInt64)
+}

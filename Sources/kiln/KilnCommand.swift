@@ -1,0 +1,10 @@
+import ArgumentParser
+import Foundation
+
+@main
+struct KilnCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "kiln",
+        abstract: "A self-hosted workload runner with live log streaming.",
+        subcommands: [ServeCommand.self])
+}
