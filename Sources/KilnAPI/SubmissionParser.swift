@@ -13,6 +13,9 @@ struct SubmissionParser {
 
     func parse(_ body: [UInt8]) throws -> SubmitRequest {
         guard !body.isEmpty else { throw APIError(400, "invalid_json", "the request body is empty; expected a JSON object") }
+        guard String(validating: body, as: UTF8.self) != nil else {
+            throw APIError(400, "invalid_json", "the request body is not valid UTF-8")
+        }
         let value: JSON
         do {
             value = try JSON.parse(body)

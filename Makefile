@@ -1,0 +1,37 @@
+# Kiln: `make run` starts the server, `make test` runs every test.
+# Both install the Debian packages Kiln needs when they are missing.
+
+SWIFT ?= swift
+APT_PACKAGES := libmicrohttpd-dev libsqlite3-dev pkg-config curl bubblewrap runsc
+CONFIG ?= release
+
+.PHONY: deps build release run test test-tsan clean
+
+deps:
+	@missing=""; for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+		echo "installing:$$missing"; \
+		SUDO=""; [ "$$(id -u)" = 0 ] || SUDO=sudo; \
+		$$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $$missing; \
+	fi
+
+build: deps
+	$(SWIFT) build
+
+release: deps
+	$(SWIFT) build -c release
+
+run: deps
+	$(SWIFT) build -c $(CONFIG)
+	.build/$(CONFIG)/kiln serve $(ARGS)
+
+test: deps
+	$(SWIFT) build
+	$(SWIFT) test
+
+# The log broker and engine suites under ThreadSanitizer.
+test-tsan: deps
+	$(SWIFT) test --sanitize=thread --scratch-path .build-tsan --filter 'KilnEngineTests|KilnCoreTests'
+
+clean:
+	rm -rf .build .build-tsan

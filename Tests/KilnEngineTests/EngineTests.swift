@@ -1,0 +1,223 @@
+import Foundation
+import Logging
+import Testing
+import KilnCore
+import KilnStore
+import KilnSystem
+@testable import KilnEngine
+
+/// The engine with the real process backend and a real (in-memory) SQLite store.
+final class EngineHarness: @unchecked Sendable {
+    let store: Store
+    let broker: LogBroker
+    let engine: Engine
+
+    init(maxConcurrent: Int = 4, queueLimit: Int = 100) throws {
+        let store = try Store(path: ":memory:")
+        self.store = store
+        broker = LogBroker(history: { id, after, limit in (try? store.lines(id, after: after, limit: limit)) ?? [] })
+        let root = NSTemporaryDirectory() + "kiln-engine-test-\(UUID().uuidString.prefix(8))"
+        engine = Engine(store: store, broker: broker, backends: [ProcessBackend(workRoot: root)],
+                        config: EngineConfig(maxConcurrent: maxConcurrent, queueLimit: queueLimit, workRoot: root),
+                        logger: Logger(label: "test"))
+    }
+
+    func request(_ runtime: Runtime, _ code: String, input: String = "null", timeout: Int = 30, mem: Int = 256,
+                 env: [String: String] = [:]) -> SubmitRequest {
+        SubmitRequest(runtime: runtime, code: code, inputJSON: input, isolation: .auto,
+                      resources: Resources(cpus: 1, memMB: mem, timeoutS: timeout), env: env)
+    }
+
+    /// Submits and waits for the terminal record.
+    func run(_ r: SubmitRequest) async throws -> WorkloadRecord {
+        try await withCheckedThrowingContinuation { (c: CheckedContinuation<WorkloadRecord, any Error>) in
+            do {
+                _ = try engine.submit(r) { record in c.resume(returning: record) }
+            } catch {
+                c.resume(throwing: error)
+            }
+        }
+    }
+
+    func lines(_ id: String) throws -> [LogLine] {
+        try store.lines(id, after: 0, limit: 100_000)
+    }
+}
+
+func processExists(marker: String) -> Bool {
+    let entries = (try? FileManager.default.contentsOfDirectory(atPath: "/proc")) ?? []
+    for pid in entries where Int(pid) != nil {
+        if let cmd = try? String(contentsOfFile: "/proc/\(pid)/cmdline", encoding: .utf8), cmd.contains(marker) {
+            // A zombie has an empty cmdline; this one is alive.
+            return true
+        }
+    }
+    return false
+}
+
+@Suite struct EngineTests {
+    @Test func pythonRunsWithInputAndItsOutputIsParsed() async throws {
+        let h = try EngineHarness()
+        let r = try await h.run(h.request(.python, """
+            import sys, json
+            d = json.load(sys.stdin)
+            print("to stderr", file=sys.stderr)
+            print(json.dumps({"sum": d["a"] + d["b"]}))
+            """, input: #"{"a": 1, "b": 2}"#))
+        #expect(r.status == .completed)
+        #expect(r.exitCode == 0)
+        #expect(try JSON.parse(r.outputJSON) == .object([("sum", .int(3))]))
+        #expect(r.isolationUsed == .process)
+        let lines = try h.lines(r.id)
+        #expect(lines.map(\.seq) == [1, 2])
+        #expect(Set(lines.map(\.stream)) == [.stdout, .stderr])
+        #expect(r.logLines == 2)
+    }
+
+    @Test(arguments: [Runtime.node, .shell])
+    func otherRuntimesRun(_ runtime: Runtime) async throws {
+        let h = try EngineHarness()
+        let code = runtime == .node ? "console.log(JSON.stringify({n: 42}))" : "echo '{\"n\": 42}'"
+        let r = try await h.run(h.request(runtime, code))
+        #expect(r.status == .completed)
+        #expect(try JSON.parse(r.outputJSON) == .object([("n", .int(42))]))
+    }
+
+    @Test func plainTextOutputKeepsItsTrailingNewline() async throws {
+        let h = try EngineHarness()
+        let r = try await h.run(h.request(.shell, "echo hello"))
+        #expect(r.outputJSON == #""hello\n""#)
+        let empty = try await h.run(h.request(.shell, "true"))
+        #expect(empty.outputJSON == "null")
+    }
+
+    @Test func nonZeroExitFails() async throws {
+        let h = try EngineHarness()
+        let r = try await h.run(h.request(.shell, "echo bye; exit 3"))
+        #expect(r.status == .failed)
+        #expect(r.exitCode == 3)
+        #expect(r.error?.contains("3") == true)
+    }
+
+    @Test func timeoutKillsTheGroupAndSaysSo() async throws {
+        let h = try EngineHarness()
+        let marker = "kiln-timeout-\(UUID().uuidString.prefix(8))"
+        let r = try await h.run(h.request(.shell, "sh -c 'sleep 600' \(marker) & echo started; sleep 600", timeout: 1))
+        #expect(r.status == .failed)
+        #expect(r.error?.contains("timed out") == true)
+        #expect(try h.lines(r.id).map(\.line) == ["started"])
+        try await Task.sleep(for: .milliseconds(300))
+        #expect(!processExists(marker: marker))
+    }
+
+    @Test func killEndsTheWholeTreeIncludingADaemonizedGrandchild() async throws {
+        let h = try EngineHarness()
+        let marker = "kiln-kill-\(UUID().uuidString.prefix(8))"
+        let r = h.request(.shell, "(setsid sh -c 'sleep 600' \(marker)-a &); sh -c 'sleep 600' \(marker)-b & echo up; wait")
+        let record = try h.engine.submit(r)
+        // Wait for the first line: the tree is up.
+        let deadline = Date().addingTimeInterval(10)
+        while (try h.store.maxSeq(record.id)) < 1 && Date() < deadline { try await Task.sleep(for: .milliseconds(20)) }
+        #expect(processExists(marker: "\(marker)-a"))
+        #expect(processExists(marker: "\(marker)-b"))
+        let killed = try await withCheckedThrowingContinuation { (c: CheckedContinuation<WorkloadRecord, any Error>) in
+            do { try h.engine.kill(record.id) { c.resume(returning: $0) } } catch { c.resume(throwing: error) }
+        }
+        #expect(killed.status == .killed)
+        try await Task.sleep(for: .milliseconds(300))
+        #expect(!processExists(marker: "\(marker)-a"))
+        #expect(!processExists(marker: "\(marker)-b"))
+        #expect(throws: EngineError.alreadyFinished(killed)) { try h.engine.kill(record.id) { _ in } }
+    }
+
+    @Test func serverEnvironmentNeverReachesTheWorkload() async throws {
+        setenv("KILN_API_TOKEN", "server-secret-token", 1)
+        let h = try EngineHarness()
+        let r = try await h.run(h.request(.shell, "env", env: ["GIVEN": "yes"]))
+        let env = try h.lines(r.id).map(\.line)
+        #expect(!env.joined().contains("server-secret-token"))
+        #expect(env.contains("GIVEN=yes"))
+        #expect(env.contains { $0.hasPrefix("PATH=") })
+        #expect(env.contains { $0.hasPrefix("HOME=") })
+        #expect(env.filter { !$0.hasPrefix("PWD=") && !$0.hasPrefix("SHLVL=") && !$0.hasPrefix("_=") }.count == 3)
+    }
+
+    @Test func stdoutOver1MiBIsTruncatedAndFlaggedButEveryLineIsKept() async throws {
+        let h = try EngineHarness()
+        let r = try await h.run(h.request(.python, "import sys\nfor i in range(20000): sys.stdout.write('x' * 99 + '\\n')"))
+        #expect(r.status == .completed)
+        #expect(r.outputTruncated)
+        let output = try JSON.parse(r.outputJSON).stringValue ?? ""
+        #expect(output.utf8.count == OutputCapture.limit)
+        #expect(r.logLines == 20000)
+        #expect(try h.lines(r.id).count == 20000)
+    }
+
+    @Test func invalidUTF8OnStdoutBecomesReplacementCharacters() async throws {
+        let h = try EngineHarness()
+        let r = try await h.run(h.request(.shell, #"printf 'a\377b\n'"#))
+        #expect(try JSON.parse(r.outputJSON) == .string("a\u{FFFD}b\n"))
+        #expect(try h.lines(r.id).map(\.line) == ["a\u{FFFD}b"])
+    }
+
+    @Test func memoryLimitStopsAPythonAllocation() async throws {
+        let h = try EngineHarness()
+        let r = try await h.run(h.request(.python, "x = bytearray(512 * 1024 * 1024)\nprint('allocated')", mem: 64))
+        #expect(r.status == .failed)
+        #expect(try h.lines(r.id).contains { $0.line.contains("MemoryError") })
+    }
+
+    @Test func queueLimitRefusesPastTheLimit() throws {
+        let h = try EngineHarness(maxConcurrent: 1, queueLimit: 1)
+        let a = try h.engine.submit(h.request(.shell, "sleep 30"))
+        let b = try h.engine.submit(h.request(.shell, "sleep 30"))
+        #expect(throws: EngineError.queueFull(retryAfterSeconds: 1)) { try h.engine.submit(h.request(.shell, "true")) }
+        #expect(try h.store.get(b.id)?.status == .pending)
+        try h.engine.kill(b.id) { _ in }
+        try h.engine.kill(a.id) { _ in }
+    }
+
+    @Test func killingAPendingWorkloadNeverRunsIt() async throws {
+        let h = try EngineHarness(maxConcurrent: 1)
+        let a = try h.engine.submit(h.request(.shell, "sleep 30"))
+        let marker = "kiln-never-\(UUID().uuidString.prefix(8))"
+        let b = try h.engine.submit(h.request(.shell, "touch /tmp/\(marker)"))
+        let killed = try await withCheckedThrowingContinuation { (c: CheckedContinuation<WorkloadRecord, any Error>) in
+            do { try h.engine.kill(b.id) { c.resume(returning: $0) } } catch { c.resume(throwing: error) }
+        }
+        #expect(killed.status == .killed)
+        #expect(killed.startedAt == nil)
+        try h.engine.kill(a.id) { _ in }
+        #expect(!FileManager.default.fileExists(atPath: "/tmp/\(marker)"))
+    }
+
+    @Test func everyLineIsStoredBeforeTheTerminalStatus() async throws {
+        let h = try EngineHarness()
+        let r = try await h.run(h.request(.shell, "i=0; while [ $i -lt 5000 ]; do echo line $i; i=$((i+1)); done"))
+        // The completion runs after the terminal state is stored: every line is there.
+        #expect(r.logLines == 5000)
+        #expect(try h.store.maxSeq(r.id) == 5000)
+        #expect(h.broker.log(r.id) == nil)
+    }
+
+    @Test func autoChoosesTheStrongestAvailableBackend() throws {
+        let h = try EngineHarness()
+        #expect(try h.engine.chooseBackend(runtime: .python, isolation: .auto, code: "pass").name == .process)
+        #expect(throws: (any Error).self) { try h.engine.chooseBackend(runtime: .python, isolation: .gvisor, code: "pass") }
+        #expect(Engine.hasDefaultExport("export default (x) => x"))
+        #expect(!Engine.hasDefaultExport("console.log('export default')x"))
+    }
+
+    @Test func shutdownFailsRunningAndPendingWorkloads() async throws {
+        let h = try EngineHarness(maxConcurrent: 1)
+        let a = try h.engine.submit(h.request(.shell, "echo one; sleep 30"))
+        let b = try h.engine.submit(h.request(.shell, "sleep 30"))
+        let deadline = Date().addingTimeInterval(10)
+        while (try h.store.get(a.id)?.status) != .running && Date() < deadline { try await Task.sleep(for: .milliseconds(20)) }
+        h.engine.shutdown(timeout: 8)
+        #expect(try h.store.get(a.id)?.status == .failed)
+        #expect(try h.store.get(a.id)?.error == "server shutdown")
+        #expect(try h.store.get(b.id)?.status == .failed)
+        #expect(throws: EngineError.shuttingDown) { try h.engine.submit(h.request(.shell, "true")) }
+    }
+}

@@ -1,0 +1,165 @@
+import Foundation
+import Testing
+import KilnCore
+@testable import KilnEngine
+
+@Suite struct LogBrokerTests {
+    func line(_ seq: Int64, _ text: String? = nil) -> LogLine {
+        LogLine(seq: seq, stream: .stdout, ts: 0, line: text ?? "line \(seq)")
+    }
+
+    func collect(_ stream: AsyncStream<LogLine>, count: Int? = nil) async -> [LogLine] {
+        var out: [LogLine] = []
+        for await l in stream {
+            out.append(l)
+            if let count, out.count == count { break }
+        }
+        return out
+    }
+
+    let end = EndInfo(status: .completed, exitCode: 0, error: nil, logLines: 3)
+
+    @Test func oneSubscriberGetsThreeLinesInOrder() async {
+        let broker = LogBroker()
+        broker.open("w")
+        let (lines, _) = broker.subscribe("w")
+        broker.publish("w", line(1))
+        broker.publish("w", line(2))
+        broker.publish("w", line(3))
+        broker.close("w", end: end)
+        #expect(await collect(lines).map(\.seq) == [1, 2, 3])
+    }
+
+    @Test func twoSubscribersBothGetEverything() async {
+        let broker = LogBroker()
+        broker.open("w")
+        let (a, _) = broker.subscribe("w")
+        let (b, _) = broker.subscribe("w")
+        broker.publish("w", (1...100).map { line($0) })
+        broker.close("w", end: end)
+        #expect(await collect(a).count == 100)
+        #expect(await collect(b).map(\.seq) == (1...100).map { Int64($0) })
+    }
+
+    @Test func streamsEndAfterClose() async {
+        let broker = LogBroker()
+        broker.open("w")
+        let (lines, _) = broker.subscribe("w")
+        broker.close("w", end: end)
+        #expect(await collect(lines).isEmpty)
+        #expect(broker.openCount == 0)
+        // Publishing after close leaves nothing behind.
+        broker.publish("w", line(1))
+        #expect(broker.openCount == 0)
+    }
+
+    @Test func lateSubscriberGetsOnlyLaterLines() async {
+        let broker = LogBroker()
+        broker.open("w")
+        broker.publish("w", [line(1), line(2)])
+        let (lines, _) = broker.subscribe("w")
+        broker.publish("w", [line(3), line(4)])
+        broker.close("w", end: end)
+        #expect(await collect(lines).map(\.seq) == [3, 4])
+    }
+
+    @Test func unsubscribingMidStreamEndsThatStreamOnly() async {
+        let broker = LogBroker()
+        broker.open("w")
+        let (a, unsubscribe) = broker.subscribe("w")
+        let (b, _) = broker.subscribe("w")
+        broker.publish("w", line(1))
+        let first = await collect(a, count: 1)
+        #expect(first.map(\.seq) == [1])
+        unsubscribe()
+        broker.publish("w", line(2))
+        broker.close("w", end: end)
+        #expect(await collect(b).map(\.seq) == [1, 2])
+        #expect(broker.log("w") == nil)
+    }
+
+    @Test func publishingWithNoSubscribersLeavesNothingBehind() {
+        let broker = LogBroker()
+        broker.publish("unknown", line(1))
+        #expect(broker.openCount == 0)
+        let log = broker.open("w")
+        broker.publish("w", (1...10).map { line($0) })
+        #expect(log.waiterCount == 0)
+        broker.close("w", end: end)
+        #expect(broker.openCount == 0)
+    }
+
+    @Test func cursorReadsFromHistoryWhenBehindTheWindow() {
+        let stored = (1...50).map { line(Int64($0)) }
+        let broker = LogBroker(windowLines: 5) { _, after, limit in
+            Array(stored.filter { $0.seq > after }.prefix(limit))
+        }
+        broker.open("w")
+        broker.publish("w", stored)
+        broker.markPersisted("w", upTo: 50)
+        let sub = broker.subscription("w", after: 0)!
+        var got: [Int64] = []
+        while case .lines(let ls) = sub.next(max: 7) { got += ls.map(\.seq) }
+        #expect(got == (1...50).map { Int64($0) })
+    }
+
+    @Test func unpersistedLinesStayInMemory() {
+        let broker = LogBroker(windowLines: 2) { _, _, _ in [] }
+        broker.open("w")
+        broker.publish("w", (1...10).map { line(Int64($0)) })
+        broker.markPersisted("w", upTo: 4)
+        let sub = broker.subscription("w", after: 4)!
+        guard case .lines(let ls) = sub.next(max: 100) else { Issue.record("expected lines"); return }
+        #expect(ls.map(\.seq) == [5, 6, 7, 8, 9, 10])
+    }
+
+    @Test func endCarriesTheLastSeq() {
+        let broker = LogBroker()
+        broker.open("w")
+        broker.publish("w", [line(1), line(2)])
+        let sub = broker.subscription("w", after: 0)!
+        broker.close("w", end: end)
+        guard case .lines(let ls) = sub.next() else { Issue.record("expected lines"); return }
+        #expect(ls.count == 2)
+        guard case .end(let info, let last) = sub.next() else { Issue.record("expected end"); return }
+        #expect(info == end)
+        #expect(last == 2)
+    }
+
+    @Test func stressManyPublishersAndSubscribers() async {
+        let broker = LogBroker()
+        let workloads = (0..<8).map { "w\($0)" }
+        for w in workloads { broker.open(w) }
+        let perWorkload = 2000
+        // Four subscribers per workload, subscribed before publishing starts.
+        var streams: [(String, AsyncStream<LogLine>)] = []
+        for w in workloads { for _ in 0..<4 { streams.append((w, broker.subscribe(w).lines)) } }
+        await withTaskGroup(of: Void.self) { group in
+            for w in workloads {
+                group.addTask {
+                    var seq: Int64 = 0
+                    while seq < perWorkload {
+                        let batch = (1...Int.random(in: 1...50)).map { _ -> LogLine in seq += 1; return LogLine(seq: seq, stream: .stdout, ts: 0, line: "x") }
+                            .filter { $0.seq <= perWorkload }
+                        broker.publish(w, batch)
+                        if Bool.random() { await Task.yield() }
+                    }
+                    broker.close(w, end: EndInfo(status: .completed, exitCode: 0, error: nil, logLines: Int64(perWorkload)))
+                }
+            }
+            for (_, s) in streams {
+                group.addTask {
+                    var expected: Int64 = 1
+                    var ok = true
+                    for await l in s {
+                        if l.seq != expected { ok = false }
+                        expected += 1
+                    }
+                    #expect(ok)
+                    #expect(expected == Int64(perWorkload) + 1)
+                }
+            }
+        }
+        #expect(broker.openCount == 0)
+    }
+}

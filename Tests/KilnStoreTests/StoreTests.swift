@@ -1,0 +1,167 @@
+import Foundation
+import Testing
+import KilnCore
+@testable import KilnStore
+
+@Suite struct StoreTests {
+    let ids = ULIDGenerator()
+
+    func record(_ status: WorkloadStatus = .pending, runtime: Runtime = .shell) -> WorkloadRecord {
+        WorkloadRecord(id: ids.next(), status: status, runtime: runtime, isolation: .auto,
+                       resources: Resources(cpus: 1, memMB: 256, timeoutS: 30), createdAt: Millis.now())
+    }
+
+    func path() -> String {
+        NSTemporaryDirectory() + "kiln-store-\(UUID().uuidString)/sub/kiln.db"
+    }
+
+    /// Puts a record in `status` by allowed moves from pending.
+    func make(_ store: Store, _ status: WorkloadStatus) throws -> String {
+        let r = record()
+        try store.insert(r)
+        switch status {
+        case .pending: break
+        case .running: try store.transition(r.id, to: .running)
+        case .completed, .failed, .killed:
+            try store.transition(r.id, to: .running)
+            try store.transition(r.id, to: status)
+        }
+        return r.id
+    }
+
+    @Test func everyTransitionIsAllowedOrRefusedAsTheStateMachineSays() throws {
+        let store = try Store(path: ":memory:")
+        for from in WorkloadStatus.allCases {
+            for to in WorkloadStatus.allCases {
+                let id = try make(store, from)
+                if from.canMove(to: to) {
+                    let r = try store.transition(id, to: to)
+                    #expect(r.status == to)
+                    #expect(try store.get(id)?.status == to)
+                } else {
+                    #expect(throws: StoreError.invalidTransition(id: id, from: from, to: to)) {
+                        try store.transition(id, to: to)
+                    }
+                    #expect(try store.get(id)?.status == from)
+                }
+            }
+        }
+    }
+
+    @Test func createsTheFolderAndUsesWAL() throws {
+        let p = path()
+        let store = try Store(path: p)
+        try store.insert(record())
+        #expect(FileManager.default.fileExists(atPath: p))
+        #expect(FileManager.default.fileExists(atPath: p + "-wal"))
+    }
+
+    @Test func reopensWithMigrationsApplied() throws {
+        let p = path()
+        let id: String
+        do {
+            let store = try Store(path: p)
+            id = try make(store, .running)
+        }
+        let again = try Store(path: p)
+        #expect(try again.get(id)?.status == .running)
+    }
+
+    @Test func transitionAppliesTheChange() throws {
+        let store = try Store(path: ":memory:")
+        let id = try make(store, .running)
+        let r = try store.transition(id, to: .completed) { r in
+            r.exitCode = 0
+            r.outputJSON = #"{"sum":3}"#
+            r.logLines = 2
+        }
+        #expect(r.exitCode == 0)
+        let back = try store.get(id)
+        #expect(back?.outputJSON == #"{"sum":3}"#)
+        #expect(back?.logLines == 2)
+    }
+
+    @Test func unknownIdIsNotFound() throws {
+        let store = try Store(path: ":memory:")
+        #expect(throws: StoreError.notFound("nope")) { try store.transition("nope", to: .running) }
+        #expect(try store.get("nope") == nil)
+    }
+
+    @Test func linesAreStoredInBatchesAndReadInPages() throws {
+        let store = try Store(path: ":memory:")
+        let id = try make(store, .running)
+        let lines = (1...2500).map { LogLine(seq: Int64($0), stream: $0 % 2 == 0 ? .stderr : .stdout, ts: 1, line: "l\($0)") }
+        try store.appendLines(id, Array(lines[0..<1000]))
+        try store.appendLines(id, Array(lines[1000...]))
+        let page = try store.lines(id, after: 998, limit: 3)
+        #expect(page.map(\.seq) == [999, 1000, 1001])
+        #expect(page[1].stream == .stderr)
+        #expect(try store.lines(id, after: 2500, limit: 10).isEmpty)
+        #expect(try store.maxSeq(id) == 2500)
+    }
+
+    @Test func duplicateSeqIsRefused() throws {
+        let store = try Store(path: ":memory:")
+        let id = try make(store, .running)
+        try store.appendLines(id, [LogLine(seq: 1, stream: .stdout, ts: 1, line: "a")])
+        #expect(throws: (any Error).self) { try store.appendLines(id, [LogLine(seq: 1, stream: .stdout, ts: 1, line: "b")]) }
+    }
+
+    @Test func listIsNewestFirstWithCursorAndFilters() throws {
+        let store = try Store(path: ":memory:")
+        var made: [String] = []
+        for i in 0..<7 {
+            let r = record(runtime: i % 2 == 0 ? .python : .shell)
+            try store.insert(r)
+            made.append(r.id)
+        }
+        let first = try store.list(limit: 3, cursor: nil, filter: WorkloadFilter())
+        #expect(first.records.map(\.id) == Array(made.reversed()[0..<3]))
+        let second = try store.list(limit: 3, cursor: first.nextCursor, filter: WorkloadFilter())
+        #expect(second.records.map(\.id) == Array(made.reversed()[3..<6]))
+        let third = try store.list(limit: 3, cursor: second.nextCursor, filter: WorkloadFilter())
+        #expect(third.records.map(\.id) == [made[0]])
+        #expect(third.nextCursor == nil)
+        let pythons = try store.list(limit: 50, cursor: nil, filter: WorkloadFilter(runtime: .python))
+        #expect(pythons.records.count == 4)
+        try store.transition(made[1], to: .running) { $0.isolationUsed = .process }
+        #expect(try store.list(limit: 50, cursor: nil, filter: WorkloadFilter(status: .running)).records.map(\.id) == [made[1]])
+        #expect(try store.list(limit: 50, cursor: nil, filter: WorkloadFilter(isolationUsed: .process)).records.map(\.id) == [made[1]])
+    }
+
+    @Test func failUnfinishedMarksPendingAndRunningOnly() throws {
+        let store = try Store(path: ":memory:")
+        let p = try make(store, .pending)
+        let r = try make(store, .running)
+        try store.appendLines(r, [LogLine(seq: 1, stream: .stdout, ts: 1, line: "x")])
+        let c = try make(store, .completed)
+        let ids = try store.failUnfinished(error: "server restarted")
+        #expect(Set(ids) == [p, r])
+        #expect(try store.get(p)?.status == .failed)
+        #expect(try store.get(r)?.error == "server restarted")
+        #expect(try store.get(r)?.logLines == 1)
+        #expect(try store.get(c)?.status == .completed)
+    }
+
+    @Test func statsCountStatusesAndPercentiles() throws {
+        let store = try Store(path: ":memory:")
+        for ms in [10, 20, 30, 40, 100] {
+            let id = try make(store, .running)
+            try store.transition(id, to: .completed) { r in
+                r.isolationUsed = .process
+                r.durationMs = Int64(ms)
+                r.logLines = 2
+            }
+        }
+        _ = try make(store, .pending)
+        let s = try store.stats()
+        #expect(s.total == 6)
+        #expect(s.byStatus[.completed] == 5)
+        #expect(s.byStatus[.pending] == 1)
+        #expect(s.backends["process"]?.count == 5)
+        #expect(s.backends["process"]?.p50Ms == 30)
+        #expect(s.backends["process"]?.p95Ms == 100)
+        #expect(s.backends["process"]?.avgMs == 40)
+        #expect(s.logLinesTotal == 10)
+    }
+}
