@@ -136,7 +136,7 @@ public final class KilnAPI: HTTPResponder, @unchecked Sendable {
     /// The path and query, with any access token replaced.
     private func loggedPath(_ request: HTTPRequest) -> String {
         guard !request.query.isEmpty else { return request.path }
-        let q = request.query.keys.sorted().map { k in
+        let q = request.query.keys.sorted().map { k -> String in
             let v = k == "access_token" ? "REDACTED" : request.query[k]!
             return "\(k)=\(v)"
         }.joined(separator: "&")

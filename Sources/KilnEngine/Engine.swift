@@ -64,7 +64,11 @@ public final class Engine: @unchecked Sendable {
     private let ids = ULIDGenerator()
     /// All store writes of log batches and terminal states, in order.
     let writerQueue = DispatchQueue(label: "kiln.store-writer")
-    private let runQueue = DispatchQueue(label: "kiln.engine.pool", attributes: .concurrent)
+    /// The pool: one serial queue per running workload, made on demand and reused.
+    /// Serial queues get a thread of their own when they have work; a concurrent
+    /// queue would share the global pool, which grows slowly while backends block.
+    private var idleLanes: [DispatchQueue] = []
+    private var laneCount = 0
 
     // Guarded by `lock`.
     private let lock = NSLock()
@@ -225,17 +229,30 @@ public final class Engine: @unchecked Sendable {
     // MARK: Running
 
     private func launch(_ job: Job) {
-        runQueue.async { [self] in
-            run(job)
-            var next: Job? = nil
-            lock.lock()
-            if !shuttingDown, !queue.isEmpty {
-                next = queue.removeFirst()
-            } else {
-                runningCount -= 1
+        lock.lock()
+        let lane: DispatchQueue
+        if let idle = idleLanes.popLast() {
+            lane = idle
+        } else {
+            laneCount += 1
+            lane = DispatchQueue(label: "kiln.engine.lane-\(laneCount)")
+        }
+        lock.unlock()
+        lane.async { [self] in
+            var current: Job? = job
+            // Keep the lane busy while work is queued.
+            while let j = current {
+                run(j)
+                lock.lock()
+                if !shuttingDown, !queue.isEmpty {
+                    current = queue.removeFirst()
+                } else {
+                    current = nil
+                    runningCount -= 1
+                    idleLanes.append(lane)
+                }
+                lock.unlock()
             }
-            lock.unlock()
-            if let next { launch(next) }
         }
     }
 

@@ -1,5 +1,5 @@
 import Foundation
-import GRDB
+internal import GRDB
 import KilnCore
 
 public enum StoreError: Error, Equatable, CustomStringConvertible {

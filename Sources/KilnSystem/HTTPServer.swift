@@ -147,6 +147,7 @@ final class RequestState: @unchecked Sendable, Resumable {
     var request: HTTPRequest
     var bodyBytes = 0
     var rejected = false
+    var tooLarge = false
     var status = 0
     let startNanos: UInt64
     let lock = NSLock()
@@ -256,11 +257,14 @@ private let accessHandler: MHD_AccessHandlerCallback = { cls, connection, url, m
     if uploadDataSize.pointee > 0 {
         let n = uploadDataSize.pointee
         uploadDataSize.pointee = 0
-        if state.rejected { return MHD_Result.YES }
+        if state.rejected || state.tooLarge { return MHD_Result.YES }
         if state.bodyBytes + n > server.options.maxBodyBytes {
-            state.rejected = true
+            // libmicrohttpd refuses a response while it delivers upload data, so the rest
+            // of an undeclared (chunked) body is discarded as it arrives and the 413 goes
+            // out at its end. A declared Content-Length is refused above, before any body.
+            state.tooLarge = true
             state.request.body = []
-            return server.queue(server.responder.bodyTooLarge(state.request, limit: server.options.maxBodyBytes), on: state)
+            return MHD_Result.YES
         }
         if let uploadData {
             uploadData.withMemoryRebound(to: UInt8.self, capacity: n) { p in
@@ -271,6 +275,10 @@ private let accessHandler: MHD_AccessHandlerCallback = { cls, connection, url, m
         return MHD_Result.YES
     }
     if state.rejected { return MHD_Result.YES }
+    if state.tooLarge {
+        state.rejected = true
+        return server.queue(server.responder.bodyTooLarge(state.request, limit: server.options.maxBodyBytes), on: state)
+    }
 
     // Final call: either after a resume (the response is ready) or the first dispatch.
     state.lock.lock()

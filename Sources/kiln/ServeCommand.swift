@@ -9,17 +9,17 @@ import Prometheus
 struct ServeCommand: ParsableCommand {
     static let configuration = CommandConfiguration(commandName: "serve", abstract: "Run the Kiln server.")
 
-    @Option(help: "address:port to bind (KILN_LISTEN; port 0 picks a free one)") var listen: String?
-    @Option(help: "SQLite file, or :memory: (KILN_DB)") var db: String?
-    @Option(help: "bearer token every /v1 request needs (KILN_API_TOKEN)") var apiToken: String?
-    @Option(help: "workloads executing at once (KILN_MAX_CONCURRENT)") var maxConcurrent: String?
-    @Option(help: "pending workloads allowed (KILN_QUEUE_LIMIT)") var queueLimit: String?
-    @Option(help: "largest request body in bytes (KILN_MAX_BODY_BYTES)") var maxBodyBytes: String?
-    @Option(help: "default workload timeout in seconds (KILN_DEFAULT_TIMEOUT_S)") var defaultTimeoutS: String?
-    @Option(help: "largest workload timeout in seconds (KILN_MAX_TIMEOUT_S)") var maxTimeoutS: String?
-    @Option(help: "SSE keep-alive interval in seconds (KILN_HEARTBEAT_S)") var heartbeatS: String?
-    @Option(help: "comma-separated CORS origins, or * (KILN_CORS_ORIGINS)") var corsOrigins: String?
-    @Option(help: "server log level (KILN_LOG_LEVEL)") var logLevel: String?
+    @Option(parsing: .unconditional, help: "address:port to bind (KILN_LISTEN; port 0 picks a free one)") var listen: String?
+    @Option(parsing: .unconditional, help: "SQLite file, or :memory: (KILN_DB)") var db: String?
+    @Option(parsing: .unconditional, help: "bearer token every /v1 request needs (KILN_API_TOKEN)") var apiToken: String?
+    @Option(parsing: .unconditional, help: "workloads executing at once (KILN_MAX_CONCURRENT)") var maxConcurrent: String?
+    @Option(parsing: .unconditional, help: "pending workloads allowed (KILN_QUEUE_LIMIT)") var queueLimit: String?
+    @Option(parsing: .unconditional, help: "largest request body in bytes (KILN_MAX_BODY_BYTES)") var maxBodyBytes: String?
+    @Option(parsing: .unconditional, help: "default workload timeout in seconds (KILN_DEFAULT_TIMEOUT_S)") var defaultTimeoutS: String?
+    @Option(parsing: .unconditional, help: "largest workload timeout in seconds (KILN_MAX_TIMEOUT_S)") var maxTimeoutS: String?
+    @Option(parsing: .unconditional, help: "SSE keep-alive interval in seconds (KILN_HEARTBEAT_S)") var heartbeatS: String?
+    @Option(parsing: .unconditional, help: "comma-separated CORS origins, or * (KILN_CORS_ORIGINS)") var corsOrigins: String?
+    @Option(parsing: .unconditional, help: "server log level (KILN_LOG_LEVEL)") var logLevel: String?
 
     func run() throws {
         let flags: [String: String?] = [

@@ -199,6 +199,19 @@ public struct HTTPReply: Sendable {
 }
 
 public enum Curl {
+    /// Runs `count` curl processes at once from one shell (as a user's script would) and
+    /// returns each body.
+    public static func parallel(_ count: Int, _ args: [String], url: String) throws -> [[UInt8]] {
+        let dir = NSTemporaryDirectory() + "kiln-parallel-\(UUID().uuidString)"
+        try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let quoted = (args + [url]).map { "'" + $0.replacingOccurrences(of: "'", with: "'\\''") + "'" }.joined(separator: " ")
+        let script = "for i in $(seq \(count)); do curl -sS \(quoted) -o \(dir)/$i & done; wait"
+        let (status, _, err) = try exec("/bin/bash", ["-c", script])
+        guard status == 0 else { throw TestFailure("parallel curl failed: \(String(decoding: err, as: UTF8.self))") }
+        return try (1...count).map { Array(try Data(contentsOf: URL(fileURLWithPath: "\(dir)/\($0)"))) }
+    }
+
     /// Runs curl with `args` on `url`; headers come from -D, the body from stdout.
     public static func run(_ args: [String], url: String, stdin: [UInt8]? = nil) throws -> HTTPReply {
         let headerFile = NSTemporaryDirectory() + "kiln-curl-\(UUID().uuidString)"

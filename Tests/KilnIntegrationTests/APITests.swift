@@ -1,0 +1,413 @@
+import Foundation
+import Testing
+import KilnCore
+import KilnTestSupport
+
+/// The real `kiln` binary on a free port, driven by curl.
+@Suite struct APITests {
+    @Test func syncSubmitReturnsTheTerminalRecord() throws {
+        let s = try KilnServer.start()
+        let r = try s.run(#"{"runtime": "python", "code": "import sys, json\nd = json.load(sys.stdin)\nprint(json.dumps({'sum': d['a'] + d['b']}))", "input": {"a": 1, "b": 2}}"#)
+        #expect(r["status"] == .string("completed"))
+        #expect(r["output"] == .object([("sum", .int(3))]))
+        #expect(r["exit_code"] == .int(0))
+        #expect(r["isolation"] == .string("auto"))
+        #expect(r["isolation_used"] == .string("process"))
+        #expect(r["log_lines"] == .int(1))
+        #expect(r["output_truncated"] == .bool(false))
+        #expect(r["error"] == .null)
+        #expect(r["resources"] == .object([("cpus", .int(1)), ("mem_mb", .int(256)), ("timeout_s", .int(30))]))
+        for key in ["created_at", "started_at", "finished_at"] {
+            let t = r[key]?.stringValue ?? ""
+            #expect(t.range(of: #"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$"#, options: .regularExpression) != nil, "\(key): \(t)")
+        }
+        #expect(ULIDGenerator.isValid(r["id"]?.stringValue ?? ""))
+    }
+
+    @Test func asyncSubmitAnswers202WithLocationAndCanBePolled() throws {
+        let s = try KilnServer.start()
+        let reply = try s.request("POST", "/v1/workloads/async", body: #"{"runtime": "shell", "code": "sleep 0.3; echo done"}"#)
+        #expect(reply.status == 202)
+        let body = try reply.json()
+        let id = try #require(body["id"]?.stringValue)
+        #expect(body["status"] == .string("pending") || body["status"] == .string("running"))
+        #expect(reply.header("Location") == "/v1/workloads/\(id)")
+        let done = try s.waitTerminal(id)
+        #expect(done["status"] == .string("completed"))
+        #expect(done["output"] == .string("done\n"))
+    }
+
+    @Test func failedWorkloadIsStill200() throws {
+        let s = try KilnServer.start()
+        let r = try s.run(#"{"runtime": "shell", "code": "echo oops >&2; exit 7"}"#)
+        #expect(r["status"] == .string("failed"))
+        #expect(r["exit_code"] == .int(7))
+        #expect(r["error"]?.stringValue?.contains("7") == true)
+    }
+
+    @Test func badBodiesGetClearErrors() throws {
+        let s = try KilnServer.start()
+        let cases: [(String, Int, String?)] = [
+            ("", 400, nil),
+            ("{", 400, nil),
+            ("[1, 2]", 400, nil),
+            ("\"text\"", 400, nil),
+            (#"{"runtime": "python", "code": "x",}"#, 400, nil),
+            (#"{"code": "x"}"#, 422, "runtime"),
+            (#"{"runtime": 5, "code": "x"}"#, 422, "runtime"),
+            (#"{"runtime": "cobol", "code": "x"}"#, 422, "runtime"),
+            (#"{"runtime": "shell"}"#, 422, "code"),
+            (#"{"runtime": "shell", "code": ["x"]}"#, 422, "code"),
+            (#"{"runtime": "shell", "code": "x", "isolation": "vm"}"#, 422, "isolation"),
+            (#"{"runtime": "shell", "code": "x", "resources": {"timeout_s": 0}}"#, 422, "resources.timeout_s"),
+            (#"{"runtime": "shell", "code": "x", "resources": {"timeout_s": 1e300}}"#, 422, "resources.timeout_s"),
+            (#"{"runtime": "shell", "code": "x", "resources": {"mem_mb": "lots"}}"#, 422, "resources.mem_mb"),
+            (#"{"runtime": "shell", "code": "x", "resources": {"cpus": 1.5}}"#, 422, "resources.cpus"),
+            (#"{"runtime": "shell", "code": "x", "resources": []}"#, 422, "resources"),
+            (#"{"runtime": "shell", "code": "x", "env": {"A": 1}}"#, 422, "env"),
+            (#"{"runtime": "shell", "code": "x", "env": {"A=B": "1"}}"#, 422, "env"),
+            (#"{"runtime": "shell", "code": "x", "isolation": "gvisor2"}"#, 422, "isolation"),
+            (String(repeating: "[", count: 10_000), 400, nil),
+            ("{\"runtime\": \"shell\", \"code\": \"x\", \"input\": 1e999}", 400, nil),
+        ]
+        for (body, status, field) in cases {
+            let r = try s.request("POST", "/v1/workloads", body: body)
+            #expect(r.status == status, "\(body.prefix(60)) → \(r.status) \(r.text)")
+            let e = try r.json()["error"]
+            #expect(e?["code"]?.stringValue?.isEmpty == false)
+            #expect(e?["message"]?.stringValue?.isEmpty == false)
+            if let field { #expect(e?["field"] == .string(field), "\(body)") }
+        }
+        // Invalid UTF-8 and NUL bytes.
+        let bad = try s.request("POST", "/v1/workloads", bodyBytes: Array(#"{"runtime": "shell", "code": ""#.utf8) + [0xFF, 0xFE] + Array(#""}"#.utf8))
+        #expect(bad.status == 400)
+        let nul = try s.request("POST", "/v1/workloads", bodyBytes: Array(#"{"runtime": "shell", "code": "a"#.utf8) + [0] + Array(#""}"#.utf8))
+        #expect(nul.status == 400)
+        // Still alive.
+        #expect(try s.request("GET", "/healthz").status == 200)
+    }
+
+    @Test func unavailableIsolationNamesTheAvailableOnes() throws {
+        let s = try KilnServer.start()
+        let r = try s.request("POST", "/v1/workloads", body: #"{"runtime": "shell", "code": "true", "isolation": "isolate"}"#)
+        #expect(r.status == 422)
+        let message = try r.json()["error"]?["message"]?.stringValue ?? ""
+        #expect(message.contains("process"))
+    }
+
+    @Test func unknownIdsPathsAndMethods() throws {
+        let s = try KilnServer.start()
+        let missing = try s.request("GET", "/v1/workloads/01M8BKXHHPAZQSGBQTA3DEZGVK")
+        #expect(missing.status == 404)
+        #expect(try missing.json()["error"]?["code"] == .string("not_found"))
+        #expect(try s.request("GET", "/v1/workloads/..%2F..%2Fetc%2Fpasswd").status == 404)
+        #expect(try s.request("GET", "/v1/nothing").status == 404)
+        #expect(try s.request("DELETE", "/v1/workloads/nope").status == 404)
+        #expect(try s.request("GET", "/v1/workloads/nope/logs/history").status == 404)
+        let wrong = try s.request("PUT", "/v1/workloads")
+        #expect(wrong.status == 405)
+        #expect(wrong.header("Allow")?.contains("POST") == true)
+        #expect(wrong.header("Allow")?.contains("GET") == true)
+        #expect(try wrong.json()["error"]?["code"] == .string("method_not_allowed"))
+        let wrongDelete = try s.request("POST", "/v1/workloads/abc")
+        #expect(wrongDelete.status == 405)
+        #expect(wrongDelete.header("Allow")?.contains("DELETE") == true)
+    }
+
+    @Test func bodiesOverTheLimitGet413() throws {
+        let s = try KilnServer.start(env: ["KILN_MAX_BODY_BYTES": "1000"])
+        let big = #"{"runtime": "shell", "code": ""# + String(repeating: "x", count: 2000) + #""}"#
+        let r = try s.request("POST", "/v1/workloads", body: big)
+        #expect(r.status == 413)
+        #expect(try r.json()["error"]?["code"] == .string("body_too_large"))
+        // A body without a declared length (chunked) is cut off once it passes the limit.
+        let chunked = try s.request("POST", "/v1/workloads", bodyBytes: [UInt8](repeating: 0x20, count: 5000),
+                                    headers: ["Transfer-Encoding": "chunked"])
+        #expect(chunked.status == 413)
+        // A declared 50 MB body is refused before it is sent (curl waits for 100-continue).
+        let huge = [UInt8](repeating: 0x20, count: 50 << 20)
+        let declared = try s.request("POST", "/v1/workloads", bodyBytes: huge)
+        #expect(declared.status == 413)
+        #expect(try s.request("GET", "/healthz").status == 200)
+    }
+
+    @Test func listPaginatesNewestFirstAndFilters() throws {
+        let s = try KilnServer.start()
+        var ids: [String] = []
+        for i in 0..<5 {
+            let runtime = i % 2 == 0 ? "shell" : "python"
+            let code = runtime == "shell" ? "exit \(i % 3 == 0 ? 0 : 1)" : "print(\(i))"
+            ids.append(try s.run(#"{"runtime": "\#(runtime)", "code": "\#(code)"}"#)["id"]!.stringValue!)
+        }
+        var seen: [String] = []
+        var cursor: String? = nil
+        repeat {
+            let path = "/v1/workloads?limit=2" + (cursor.map { "&cursor=\($0)" } ?? "")
+            let (status, page) = try s.json("GET", path)
+            #expect(status == 200)
+            let items = page["workloads"]?.arrayValue ?? []
+            #expect(items.count <= 2)
+            seen += items.compactMap { $0["id"]?.stringValue }
+            cursor = page["next_cursor"]?.stringValue
+        } while cursor != nil
+        #expect(seen == ids.reversed())
+        let (_, py) = try s.json("GET", "/v1/workloads?runtime=python")
+        #expect(py["workloads"]?.arrayValue?.count == 2)
+        let (_, failed) = try s.json("GET", "/v1/workloads?status=failed&runtime=shell")
+        #expect(failed["workloads"]?.arrayValue?.count == 2)
+        let (_, process) = try s.json("GET", "/v1/workloads?isolation=process")
+        #expect(process["workloads"]?.arrayValue?.count == 5)
+        let (_, gvisor) = try s.json("GET", "/v1/workloads?isolation=gvisor")
+        #expect(gvisor["workloads"]?.arrayValue?.isEmpty == true)
+        for bad in ["limit=0", "limit=501", "limit=x", "status=done", "runtime=go", "cursor=../x"] {
+            let r = try s.request("GET", "/v1/workloads?\(bad)")
+            #expect(r.status == 422, "\(bad)")
+        }
+    }
+
+    @Test func historyPaginatesAndSaysWhenComplete() throws {
+        let s = try KilnServer.start()
+        let r = try s.run(#"{"runtime": "shell", "code": "i=1; while [ $i -le 25 ]; do echo line $i; i=$((i+1)); done; echo err >&2"}"#)
+        let id = r["id"]!.stringValue!
+        var after: Int64 = 0
+        var all: [JSON] = []
+        var pages = 0
+        while true {
+            let (status, page) = try s.json("GET", "/v1/workloads/\(id)/logs/history?after=\(after)&limit=10")
+            #expect(status == 200)
+            pages += 1
+            all += page["lines"]?.arrayValue ?? []
+            if page["complete"] == .bool(true) {
+                #expect(page["next_after"] == .null)
+                break
+            }
+            after = try #require(page["next_after"]?.int64Value)
+            if pages > 10 { break }
+        }
+        #expect(pages == 3)
+        #expect(all.count == 26)
+        #expect(all.map { $0["seq"]?.int64Value ?? 0 } == (1...26).map { Int64($0) })
+        #expect(all[0]["line"] == .string("line 1"))
+        #expect(all[0]["stream"] == .string("stdout"))
+        #expect(all[25]["stream"] == .string("stderr"))
+        #expect(all[0]["ts"]?.stringValue?.hasSuffix("Z") == true)
+        for bad in ["after=-1", "limit=0", "limit=10001", "after=x"] {
+            #expect(try s.request("GET", "/v1/workloads/\(id)/logs/history?\(bad)").status == 422, "\(bad)")
+        }
+    }
+
+    @Test func deleteKillsTheTreeAndRefusesTerminalWorkloads() throws {
+        let s = try KilnServer.start()
+        let marker = "kiln-api-kill-\(UUID().uuidString.prefix(8))"
+        let id = try s.submit(#"{"runtime": "shell", "code": "(setsid sh -c 'sleep 600' \#(marker) &); echo up; sleep 600"}"#)
+        try s.waitRunning(id)
+        var up = false
+        for _ in 0..<200 where !up {
+            up = processExists(marker)
+            if !up { usleep(20_000) }
+        }
+        #expect(up)
+        let (status, record) = try s.json("DELETE", "/v1/workloads/\(id)")
+        #expect(status == 200)
+        #expect(record["status"] == .string("killed"))
+        usleep(200_000)
+        #expect(!processExists(marker))
+        let again = try s.request("DELETE", "/v1/workloads/\(id)")
+        #expect(again.status == 409)
+        #expect(try again.json()["error"]?["code"] == .string("conflict"))
+    }
+
+    @Test func aFullQueueAnswers429WithRetryAfter() throws {
+        let s = try KilnServer.start(env: ["KILN_MAX_CONCURRENT": "1", "KILN_QUEUE_LIMIT": "1"])
+        let a = try s.submit(#"{"runtime": "shell", "code": "sleep 30"}"#)
+        let b = try s.submit(#"{"runtime": "shell", "code": "sleep 30"}"#)
+        let r = try s.request("POST", "/v1/workloads/async", body: #"{"runtime": "shell", "code": "true"}"#)
+        #expect(r.status == 429)
+        #expect(r.header("Retry-After") != nil)
+        #expect(try r.json()["error"]?["code"] == .string("queue_full"))
+        let (_, pending) = try s.json("GET", "/v1/workloads/\(b)")
+        #expect(pending["status"] == .string("pending"))
+        let (_, killedPending) = try s.json("DELETE", "/v1/workloads/\(b)")
+        #expect(killedPending["status"] == .string("killed"))
+        _ = try s.json("DELETE", "/v1/workloads/\(a)")
+    }
+
+    @Test func timeoutFailsTheWorkloadNamingTheTimeout() throws {
+        let s = try KilnServer.start()
+        let r = try s.run(#"{"runtime": "python", "code": "import time\nprint('start', flush=True)\ntime.sleep(60)", "resources": {"timeout_s": 1}}"#)
+        #expect(r["status"] == .string("failed"))
+        #expect(r["error"]?.stringValue?.contains("timed out") == true)
+        #expect(r["log_lines"] == .int(1))
+    }
+
+    @Test func manySynchronousRequestsRunInParallelWhileHealthzAnswers() throws {
+        let n = 24
+        let s = try KilnServer.start(env: ["KILN_MAX_CONCURRENT": String(n)])
+        let bodies = ResultList()
+        let clients = Thread {
+            bodies.add(Result { try JSON.array(Curl.parallel(n, ["-X", "POST", "--data-binary", #"{"runtime": "shell", "code": "sleep 1; echo ok"}"#],
+                                                             url: s.baseURL + "/v1/workloads").map { try JSON.parse($0) }) })
+        }
+        clients.start()
+        // Sync requests hold no daemon thread: healthz answers while they run.
+        var healthy = 0
+        for _ in 0..<10 {
+            if (try? s.request("GET", "/healthz", timeout: 5))?.status == 200 { healthy += 1 }
+            usleep(50_000)
+        }
+        while bodies.values.isEmpty { usleep(20_000) }
+        #expect(healthy == 10)
+        let records = try bodies.values[0].get().arrayValue ?? []
+        #expect(records.count == n)
+        #expect(records.allSatisfy { $0["status"] == .string("completed") })
+        // Every run overlapped every other: they ran in parallel.
+        let starts = records.compactMap { $0["started_at"]?.stringValue }
+        let ends = records.compactMap { $0["finished_at"]?.stringValue }
+        #expect(starts.max()! < ends.min()!)
+    }
+
+    @Test func theServerEnvironmentNeverReachesAWorkload() throws {
+        let s = try KilnServer.start(env: ["KILN_TEST_SECRET": "hunter2-\(UUID().uuidString)"], token: "tok-\(UUID().uuidString)")
+        let r = try s.run(#"{"runtime": "shell", "code": "env", "env": {"MINE": "1"}}"#)
+        let out = r["output"]?.stringValue ?? ""
+        #expect(!out.contains("hunter2"))
+        #expect(!out.contains(s.token!))
+        #expect(out.contains("MINE=1"))
+        #expect(out.contains("PATH="))
+    }
+
+    @Test func stdoutOver1MiBIsTruncatedAndFlagged() throws {
+        let s = try KilnServer.start()
+        let r = try s.run(#"{"runtime": "python", "code": "import sys\nsys.stdout.write('y' * (3 * 1024 * 1024))"}"#)
+        #expect(r["output_truncated"] == .bool(true))
+        #expect(r["output"]?.stringValue?.utf8.count == 1 << 20)
+        #expect(r["status"] == .string("completed"))
+    }
+
+    @Test func invalidUTF8OnStdoutKeepsTheResponseValidJSON() throws {
+        let s = try KilnServer.start()
+        let reply = try s.request("POST", "/v1/workloads", body: #"{"runtime": "shell", "code": "printf 'bad \\377\\376 bytes\\n'; printf '{\"a\": 1,}'"}"#)
+        #expect(reply.status == 200)
+        let r = try reply.json()
+        #expect(r["output"]?.stringValue?.contains("\u{FFFD}") == true)
+    }
+
+    @Test func tokenGuardsV1ButNotHealthz() throws {
+        let token = "t-\(UUID().uuidString)"
+        let s = try KilnServer.start(token: token)
+        #expect(try s.request("GET", "/healthz", auth: false).status == 200)
+        let none = try s.request("GET", "/v1/workloads", auth: false)
+        #expect(none.status == 401)
+        #expect(try none.json()["error"]?["code"] == .string("unauthorized"))
+        #expect(try s.request("GET", "/v1/workloads", headers: ["Authorization": "Bearer wrong"], auth: false).status == 401)
+        #expect(try s.request("GET", "/v1/workloads", headers: ["Authorization": "Bearer \(token)x"], auth: false).status == 401)
+        #expect(try s.request("GET", "/v1/workloads").status == 200)
+        // The query token is for the log stream only.
+        #expect(try s.request("GET", "/v1/workloads?access_token=\(token)", auth: false).status == 401)
+    }
+
+    @Test func accessLogIsOneJSONLinePerRequestWithoutSecrets() throws {
+        let token = "secret-\(UUID().uuidString)"
+        let s = try KilnServer.start(token: token)
+        let id = try s.run(#"{"runtime": "shell", "code": "echo request-body-marker"}"#)["id"]!.stringValue!
+        _ = try s.request("GET", "/v1/workloads/\(id)/logs?access_token=\(token)", auth: false)
+        _ = try s.request("GET", "/healthz")
+        usleep(100_000)
+        let lines = s.stdoutText.split(separator: "\n").dropFirst()
+        #expect(lines.count >= 3)
+        for line in lines {
+            let j = try JSON.parse(String(line))
+            for key in ["time", "request_id", "method", "path", "status", "duration_ms"] { #expect(j[key] != nil, "\(key) in \(line)") }
+        }
+        let text = s.stdoutText
+        #expect(!text.contains(token))
+        #expect(!text.contains("request-body-marker"))
+        #expect(text.contains("access_token=REDACTED"))
+    }
+
+    @Test func corsAnswersListedOriginsOnly() throws {
+        let s = try KilnServer.start(env: ["KILN_CORS_ORIGINS": "http://localhost:3000, https://app.example"])
+        let ok = try s.request("GET", "/v1/workloads", headers: ["Origin": "https://app.example"])
+        #expect(ok.header("Access-Control-Allow-Origin") == "https://app.example")
+        #expect(ok.header("Vary") == "Origin")
+        let other = try s.request("GET", "/v1/workloads", headers: ["Origin": "http://127.0.0.1:3000"])
+        #expect(other.header("Access-Control-Allow-Origin") == nil)
+        let err = try s.request("GET", "/v1/workloads/nope", headers: ["Origin": "http://localhost:3000"])
+        #expect(err.status == 404)
+        #expect(err.header("Access-Control-Allow-Origin") == "http://localhost:3000")
+        let pre = try s.request("OPTIONS", "/v1/workloads", headers: ["Origin": "http://localhost:3000", "Access-Control-Request-Method": "POST"])
+        #expect(pre.status == 204)
+        #expect(pre.header("Access-Control-Allow-Methods")?.contains("POST") == true)
+        let allowed = pre.header("Access-Control-Allow-Headers") ?? ""
+        for h in ["Authorization", "Content-Type", "Last-Event-ID"] { #expect(allowed.contains(h)) }
+        let star = try KilnServer.start(env: ["KILN_CORS_ORIGINS": "*"])
+        #expect(try star.request("GET", "/healthz", headers: ["Origin": "http://x.example"]).header("Access-Control-Allow-Origin") == "*")
+    }
+
+    @Test func statsBackendsAndMetricsReport() throws {
+        let s = try KilnServer.start()
+        _ = try s.run(#"{"runtime": "shell", "code": "echo a; echo b"}"#)
+        _ = try s.run(#"{"runtime": "shell", "code": "exit 1"}"#)
+        let (_, stats) = try s.json("GET", "/v1/stats")
+        #expect(stats["workloads"]?["total"] == .int(2))
+        #expect(stats["workloads"]?["completed"] == .int(1))
+        #expect(stats["workloads"]?["failed"] == .int(1))
+        #expect(stats["backends"]?["process"]?["count"] == .int(2))
+        #expect(stats["log_lines_total"] == .int(2))
+        #expect(stats["sse_subscribers"] == .int(0))
+        let (_, backends) = try s.json("GET", "/v1/backends")
+        let process = backends["backends"]?.arrayValue?.first { $0["name"] == .string("process") }
+        #expect(process?["available"] == .bool(true))
+        #expect(process?["runtimes"]?.arrayValue?.contains(.string("python")) == true)
+        let metrics = try s.request("GET", "/metrics").text
+        #expect(metrics.contains("kiln_workloads_total"))
+        #expect(metrics.contains("kiln_http_requests_total"))
+        #expect(metrics.contains("kiln_log_lines_total"))
+        #expect(metrics.contains("route=\"/v1/workloads\""))
+        let (_, health) = try s.json("GET", "/healthz")
+        #expect(health["status"] == .string("ok"))
+        #expect(health["version"]?.stringValue?.isEmpty == false)
+        #expect(health["uptime_s"]?.int64Value != nil)
+    }
+
+    @Test(arguments: [
+        (["--listen", "nonsense"], "KILN_LISTEN"),
+        (["--listen", "127.0.0.1:99999"], "KILN_LISTEN"),
+        (["--max-concurrent", "-1"], "KILN_MAX_CONCURRENT"),
+        (["--queue-limit", "many"], "KILN_QUEUE_LIMIT"),
+        (["--default-timeout-s", "100", "--max-timeout-s", "10"], "KILN_DEFAULT_TIMEOUT_S"),
+        (["--log-level", "loud"], "KILN_LOG_LEVEL"),
+        (["--listen", "256.1.1.1:80"], "listen"),
+    ])
+    func invalidConfigurationStopsWithExitCode2(_ args: [String], _ mentions: String) throws {
+        let (status, out, err) = try Curl.exec(KilnServer.binary, ["serve", "--db", ":memory:"] + args)
+        #expect(status == 2)
+        let message = String(decoding: err, as: UTF8.self)
+        #expect(message.contains(mentions), "\(message)")
+        #expect(message.split(separator: "\n").count == 1)
+        #expect(out.isEmpty)
+    }
+
+    @Test func environmentVariablesConfigureAndFlagsWin() throws {
+        let s = try KilnServer.start(env: ["KILN_DEFAULT_TIMEOUT_S": "7"], args: ["--max-timeout-s", "8"])
+        let r = try s.run(#"{"runtime": "shell", "code": "true"}"#)
+        #expect(r["resources"]?["timeout_s"] == .int(7))
+        let over = try s.request("POST", "/v1/workloads", body: #"{"runtime": "shell", "code": "true", "resources": {"timeout_s": 9}}"#)
+        #expect(over.status == 422)
+    }
+}
+
+func processExists(_ marker: String) -> Bool {
+    let entries = (try? FileManager.default.contentsOfDirectory(atPath: "/proc")) ?? []
+    return entries.contains { pid in
+        Int(pid) != nil && ((try? String(contentsOfFile: "/proc/\(pid)/cmdline", encoding: .utf8))?.contains(marker) ?? false)
+    }
+}
+
+final class ResultList: @unchecked Sendable {
+    // Guarded by `lock`.
+    private let lock = NSLock()
+    private var items: [Result<JSON, any Error>] = []
+    func add(_ r: Result<JSON, any Error>) { lock.lock(); items.append(r); lock.unlock() }
+    var values: [Result<JSON, any Error>] { lock.lock(); defer { lock.unlock() }; return items }
+}
