@@ -269,3 +269,59 @@ private final class OutputBox: @unchecked Sendable {
     var err = Data()
     func setErr(_ d: Data) { err = d }
 }
+
+/// Runs the raw-socket SSE client (Tests/tools/sseclient.py) and returns its JSON report.
+public enum SSEClient {
+    public static let script = "\(KilnServer.packageRoot)/Tests/tools/sseclient.py"
+
+    public static func run(_ url: String, _ options: [String] = []) throws -> JSON {
+        let (status, out, err) = try Curl.exec("/usr/bin/env", ["python3", script, url] + options)
+        guard status == 0 else { throw TestFailure("sseclient failed (\(status)): \(String(decoding: err, as: UTF8.self))") }
+        return try JSON.parse(out)
+    }
+
+    /// The first connection of a report.
+    public static func first(_ url: String, _ options: [String] = []) throws -> JSON {
+        guard let c = try run(url, options)["connections"]?.arrayValue?.first else { throw TestFailure("no connection in report") }
+        return c
+    }
+
+    /// Starts the client in the background; `wait` returns its report.
+    public static func start(_ url: String, _ options: [String] = []) throws -> Background {
+        let p = Process()
+        p.executableURL = URL(fileURLWithPath: "/usr/bin/env")
+        p.arguments = ["python3", script, url] + options
+        let out = NSTemporaryDirectory() + "kiln-sse-\(UUID().uuidString).json"
+        _ = FileManager.default.createFile(atPath: out, contents: nil)
+        p.standardOutput = FileHandle(forWritingAtPath: out)
+        p.standardError = FileHandle.standardError
+        try p.run()
+        return Background(process: p, output: out)
+    }
+
+    public final class Background: @unchecked Sendable {
+        let process: Process
+        let output: String
+        init(process: Process, output: String) {
+            self.process = process
+            self.output = output
+        }
+
+        public func wait() throws -> JSON {
+            process.waitUntilExit()
+            let data = try Data(contentsOf: URL(fileURLWithPath: output))
+            return try JSON.parse(Array(data))
+        }
+    }
+}
+
+extension JSON {
+    /// The `data` fields of each event, joined by newlines, as a browser would show them.
+    public var eventLines: [String] {
+        (self["events"]?.arrayValue ?? []).map { ($0["data"]?.arrayValue ?? []).compactMap(\.stringValue).joined(separator: "\n") }
+    }
+
+    public var eventIDs: [Int64] {
+        (self["events"]?.arrayValue ?? []).compactMap { $0["id"]?.stringValue.flatMap { Int64($0) } }
+    }
+}

@@ -1,0 +1,108 @@
+import Foundation
+import Testing
+import KilnCore
+import KilnTestSupport
+
+/// Stopping, killing and restarting the real server on the same database.
+@Suite struct LifecycleTests {
+    @Test func sigkillMidWorkloadThenRestartMarksItFailedAndItsTreeIsGone() throws {
+        let dir = KilnServer.tempDir()
+        let db = "\(dir)/kiln.db"
+        let marker = "kiln-orphan-\(UUID().uuidString.prefix(8))"
+        let first = try KilnServer.start(db: db)
+        let id = try first.submit(#"{"runtime": "shell", "code": "echo before; (setsid sh -c 'sleep 600' \#(marker) &); sh -c 'sleep 600' \#(marker)-child"}"#)
+        try first.waitRunning(id)
+        var seen = false
+        for _ in 0..<250 where !seen {
+            seen = try processExists(marker) && (first.json("GET", "/v1/workloads/\(id)/logs/history").1["lines"]?.arrayValue?.count ?? 0) == 1
+            if !seen { usleep(20_000) }
+        }
+        #expect(seen)
+        first.stop(signal: SIGKILL)
+        // The whole tree dies with the server, grandchildren that left the group included.
+        var gone = false
+        for _ in 0..<100 where !gone {
+            gone = !processExists(marker)
+            if !gone { usleep(20_000) }
+        }
+        #expect(gone)
+
+        let second = try KilnServer.start(db: db)
+        let (_, r) = try second.json("GET", "/v1/workloads/\(id)")
+        #expect(r["status"] == .string("failed"))
+        #expect(r["error"] == .string("server restarted"))
+        #expect(r["log_lines"] == .int(1))
+        let c = try SSEClient.first("\(second.baseURL)/v1/workloads/\(id)/logs")
+        #expect(c.eventLines == ["before"])
+        #expect(c["ended"] == .bool(true))
+        let end = try JSON.parse(c["end"]?["data"]?.stringValue ?? "")
+        #expect(end["error"] == .string("server restarted"))
+        // The restarted server works.
+        #expect(try second.run(#"{"runtime": "shell", "code": "echo again"}"#)["status"] == .string("completed"))
+    }
+
+    @Test func sigtermStopsWorkloadsFlushesEveryLineAndEndsEveryStream() throws {
+        let dir = KilnServer.tempDir()
+        let db = "\(dir)/kiln.db"
+        let s = try KilnServer.start(db: db)
+        let marker = "kiln-sigterm-\(UUID().uuidString.prefix(8))"
+        let id = try s.submit(#"{"runtime": "python", "code": "import subprocess, time\nsubprocess.Popen(['sh', '-c', 'sleep 600', '\#(marker)'])\ni = 0\nwhile True:\n    i += 1\n    print(f'line {i}', flush=True)\n    if i % 100 == 0: time.sleep(0.01)", "resources": {"timeout_s": 120}}"#)
+        let pending = try s.submit(#"{"runtime": "shell", "code": "true"}"#)
+        _ = pending
+        try s.waitRunning(id)
+        let streams = try (0..<3).map { _ in try SSEClient.start("\(s.baseURL)/v1/workloads/\(id)/logs", ["--summary"]) }
+        usleep(800_000)
+        let status = s.stop(signal: SIGTERM)
+        #expect(status == 0)
+        #expect(!processExists(marker))
+        for stream in streams {
+            let c = try stream.wait()["connections"]?.arrayValue?.first ?? .null
+            #expect(c["ended"] == .bool(true))
+            #expect(c["in_order"] == .bool(true))
+            let end = try JSON.parse(c["end"]?["data"]?.stringValue ?? "{}")
+            #expect(end["error"] == .string("server shutdown"))
+            #expect(end["status"] == .string("failed"))
+        }
+        #expect(s.stderrText.contains("stopped"))
+        // Every line printed before the stop is in the database, without gaps.
+        let again = try KilnServer.start(db: db)
+        let (_, r) = try again.json("GET", "/v1/workloads/\(id)")
+        #expect(r["status"] == .string("failed"))
+        #expect(r["error"] == .string("server shutdown"))
+        let count = r["log_lines"]?.int64Value ?? 0
+        #expect(count > 0)
+        var seqs: [Int64] = []
+        var texts: [String] = []
+        var after: Int64 = 0
+        while true {
+            let page = try again.json("GET", "/v1/workloads/\(id)/logs/history?after=\(after)&limit=10000").1
+            let lines = page["lines"]?.arrayValue ?? []
+            seqs += lines.compactMap { $0["seq"]?.int64Value }
+            texts += lines.compactMap { $0["line"]?.stringValue }
+            if page["complete"] == .bool(true) || lines.isEmpty { break }
+            after = seqs.last!
+        }
+        #expect(seqs == Array(1...count))
+        #expect(texts == (1...count).map { "line \($0)" })
+    }
+
+    @Test func aSynchronousRequestInFlightAtSIGTERMGetsItsAnswer() throws {
+        let s = try KilnServer.start()
+        let answer = ResultList()
+        let client = Thread {
+            answer.add(Result { try s.run(#"{"runtime": "shell", "code": "echo waiting; sleep 30"}"#) })
+        }
+        client.start()
+        var running = false
+        for _ in 0..<500 where !running {
+            running = (try? s.json("GET", "/v1/workloads?status=running").1["workloads"]?.arrayValue?.count) == 1
+            if !running { usleep(20_000) }
+        }
+        #expect(running)
+        #expect(s.stop(signal: SIGTERM) == 0)
+        while answer.values.isEmpty { usleep(20_000) }
+        let r = try answer.values[0].get()
+        #expect(r["status"] == .string("failed"))
+        #expect(r["error"] == .string("server shutdown"))
+    }
+}
