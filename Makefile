@@ -5,7 +5,7 @@ SWIFT ?= swift
 APT_PACKAGES := libmicrohttpd-dev libsqlite3-dev pkg-config curl bubblewrap runsc
 CONFIG ?= release
 
-.PHONY: deps build release run test test-tsan clean
+.PHONY: deps build release run test test-tsan clean embed
 
 deps:
 	@missing=""; for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
@@ -35,3 +35,7 @@ test-tsan: deps
 
 clean:
 	rm -rf .build .build-tsan
+
+# Embeds the Node isolate host's source into the binary.
+embed:
+	sh Sources/KilnEngine/isolate/embed.sh

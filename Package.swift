@@ -41,7 +41,9 @@ let package = Package(
                 "KilnCore", "KilnStore", "KilnSystem",
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "Metrics", package: "swift-metrics"),
-            ]
+            ],
+            // The Node host's source; IsolateHostScript.swift embeds it (make embed).
+            exclude: ["isolate"]
         ),
         .target(
             name: "KilnAPI",

@@ -32,7 +32,18 @@ public final class ServerRunner: @unchecked Sendable {
         let store = try Store(path: config.db)
         let broker = LogBroker(history: { id, after, limit in (try? store.lines(id, after: after, limit: limit)) ?? [] })
         let workRoot = NSTemporaryDirectory() + "kiln-work-\(getpid())"
-        let engine = Engine(store: store, broker: broker, backends: [ProcessBackend(workRoot: workRoot)],
+        // Sandbox state lives beside the database, so a restarted server finds what a killed
+        // one left; an in-memory database has nothing to come back to.
+        let stateRoot = config.db == ":memory:"
+            ? NSTemporaryDirectory() + "kiln-state-\(getpid())"
+            : URL(fileURLWithPath: config.db).deletingLastPathComponent().path + "/state"
+        let backends: [any Backend] = [
+            ProcessBackend(workRoot: workRoot),
+            SandboxBackend(stateRoot: stateRoot, workRoot: workRoot),
+            GVisorBackend(stateRoot: stateRoot, workRoot: workRoot, logger: logger),
+            IsolateBackend(scriptFolder: stateRoot + "/isolate", logger: logger),
+        ]
+        let engine = Engine(store: store, broker: broker, backends: backends,
                             config: EngineConfig(maxConcurrent: config.maxConcurrent, queueLimit: config.queueLimit, workRoot: workRoot),
                             logger: logger)
         try engine.recover()

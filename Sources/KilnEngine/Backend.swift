@@ -141,4 +141,10 @@ public protocol Backend: Sendable {
     func capabilities() -> BackendCapabilities
     /// Runs one workload to its end on the calling thread.
     func execute(_ spec: ExecutionSpec, writer: any LogWriter, cancellation: Cancellation) -> ExecutionResult
+    /// Stops whatever the backend keeps running between workloads (server shutdown).
+    func shutdown()
+}
+
+extension Backend {
+    public func shutdown() {}
 }

@@ -393,6 +393,7 @@ public final class Engine: @unchecked Sendable {
         }
         idle.unlock()
         writerQueue.sync {}
+        for b in backendList { b.shutdown() }
     }
 }
 

@@ -92,7 +92,10 @@ struct WorkFolder {
 
     init(root: String, id: String) throws {
         path = "\(root)/\(id)"
-        try FileManager.default.createDirectory(atPath: path, withIntermediateDirectories: true,
+        // The root must stay traversable: sandboxed workloads run as another user.
+        try FileManager.default.createDirectory(atPath: root, withIntermediateDirectories: true,
+                                                attributes: [.posixPermissions: 0o755])
+        try FileManager.default.createDirectory(atPath: path, withIntermediateDirectories: false,
                                                 attributes: [.posixPermissions: 0o700])
     }
 
@@ -131,13 +134,36 @@ enum ProcessLaunch {
     static func drive(_ child: ChildProcess, spec: ExecutionSpec, writer: any LogWriter, cancellation: Cancellation) -> ExecutionResult {
         cancellation.onCancel { child.stop() }
         let deadline = DispatchTime.now() + .seconds(spec.resources.timeoutS)
+        var sniffer = MemoryErrorSniffer()
         let exit = child.drive(deadline: deadline, tickMillis: 25, onOutput: { stream, bytes in
+            if stream == .stderr { sniffer.scan(bytes) }
             writer.write(stream == .stdout ? .stdout : .stderr, bytes)
         }, onTick: { writer.tick() })
         if exit.timedOut {
             return ExecutionResult(exitCode: Int(exit.status), timedOut: true,
                                    error: "timed out after \(spec.resources.timeoutS) s")
         }
+        if exit.status != 0, !exit.stopped, let what = sniffer.found {
+            return ExecutionResult(exitCode: Int(exit.status),
+                                   error: "memory limit of \(spec.resources.memMB) MB exceeded (\(what))")
+        }
         return ExecutionResult(exitCode: Int(exit.status), cancelled: exit.stopped)
+    }
+}
+
+/// Spots a runtime's out-of-memory report on stderr, so a workload that hit its memory
+/// limit fails with an error that says so rather than a bare exit code.
+struct MemoryErrorSniffer {
+    static let markers = ["MemoryError", "JavaScript heap out of memory", "Cannot allocate memory", "cannot allocate memory"]
+    private(set) var found: String?
+    private var tail: [UInt8] = []
+
+    mutating func scan(_ bytes: [UInt8]) {
+        guard found == nil else { return }
+        // Keep a little of the previous chunk so a marker split across reads is still seen.
+        let window = tail + bytes.prefix(64 * 1024)
+        let text = String(decoding: window, as: UTF8.self)
+        found = MemoryErrorSniffer.markers.first { text.contains($0) }
+        tail = Array(window.suffix(64))
     }
 }

@@ -16,10 +16,12 @@ public struct SpawnSpec: Sendable {
     /// Run the process as the init-managed child of a new PID namespace, so the whole
     /// tree dies with it. Falls back to a plain process group when refused.
     public var usePIDNamespace: Bool
+    /// Give the child a pipe as stdin, written with `ChildProcess.writeStdin` (ignores `stdinPath`).
+    public var stdinPipe: Bool
 
     public init(executable: String, arguments: [String], environment: [String: String],
                 workingDirectory: String, stdinPath: String? = nil, memoryLimitBytes: Int? = nil,
-                cpuLimitSeconds: Int? = nil, usePIDNamespace: Bool = true) {
+                cpuLimitSeconds: Int? = nil, usePIDNamespace: Bool = true, stdinPipe: Bool = false) {
         self.executable = executable
         self.arguments = arguments
         self.environment = environment
@@ -28,11 +30,13 @@ public struct SpawnSpec: Sendable {
         self.memoryLimitBytes = memoryLimitBytes
         self.cpuLimitSeconds = cpuLimitSeconds
         self.usePIDNamespace = usePIDNamespace
+        self.stdinPipe = stdinPipe
     }
 }
 
 public struct SpawnError: Error, CustomStringConvertible {
     public var description: String
+    public init(description: String) { self.description = description }
 }
 
 public enum ChildOutput: Sendable {
@@ -60,12 +64,17 @@ public final class ChildProcess: @unchecked Sendable {
     private let pidFD: Int32
     private let wakeRead: Int32
     private let wakeWrite: Int32
+    // Guarded by `stdinLock`: -1 once closed.
+    private let stdinLock = NSLock()
+    private var stdinWrite: Int32
     // Guarded by `lock`.
     private let lock = NSLock()
     private var stopRequested = false
     private var reaped = false
 
-    private init(pid: Int32, inPIDNamespace: Bool, stdoutFD: Int32, stderrFD: Int32, pidFD: Int32, wakeRead: Int32, wakeWrite: Int32) {
+    private init(pid: Int32, inPIDNamespace: Bool, stdoutFD: Int32, stderrFD: Int32, pidFD: Int32, wakeRead: Int32,
+                 wakeWrite: Int32, stdinWrite: Int32) {
+        self.stdinWrite = stdinWrite
         self.pid = pid
         self.inPIDNamespace = inPIDNamespace
         self.stdoutFD = stdoutFD
@@ -76,7 +85,7 @@ public final class ChildProcess: @unchecked Sendable {
     }
 
     deinit {
-        for fd in [stdoutFD, stderrFD, pidFD, wakeRead, wakeWrite] where fd >= 0 { close(fd) }
+        for fd in [stdoutFD, stderrFD, pidFD, wakeRead, wakeWrite, stdinWrite] where fd >= 0 { close(fd) }
         lock.lock()
         let needsReap = !reaped
         lock.unlock()
@@ -107,7 +116,16 @@ public final class ChildProcess: @unchecked Sendable {
             for fd in out + err { close(fd) }
             throw SpawnError(description: "pipe: \(errnoText())")
         }
-        let stdinFD = open(spec.stdinPath ?? "/dev/null", O_RDONLY | O_CLOEXEC)
+        var input: [Int32] = [-1, -1]
+        if spec.stdinPipe {
+            guard kiln_pipe(&input, 0) == 0 else {
+                for fd in out + err + wake { close(fd) }
+                throw SpawnError(description: "pipe: \(errnoText())")
+            }
+        } else {
+            input[0] = open(spec.stdinPath ?? "/dev/null", O_RDONLY | O_CLOEXEC)
+        }
+        let stdinFD = input[0]
         guard stdinFD >= 0 else {
             for fd in out + err + wake { close(fd) }
             throw SpawnError(description: "open stdin: \(errnoText())")
@@ -136,14 +154,39 @@ public final class ChildProcess: @unchecked Sendable {
             }
         }
         guard pid > 0 else {
-            for fd in [out[0], err[0], wake[0], wake[1]] { close(fd) }
+            for fd in [out[0], err[0], wake[0], wake[1], input[1]] where fd >= 0 { close(fd) }
             throw SpawnError(description: "spawn \(spec.executable): \(String(cString: strerror(-pid)))")
         }
         _ = fcntl(out[0], F_SETFL, O_NONBLOCK)
         _ = fcntl(err[0], F_SETFL, O_NONBLOCK)
         let pidFD = kiln_pidfd_open(pid)
         return ChildProcess(pid: pid, inPIDNamespace: inNamespace != 0, stdoutFD: out[0], stderrFD: err[0],
-                            pidFD: pidFD, wakeRead: wake[0], wakeWrite: wake[1])
+                            pidFD: pidFD, wakeRead: wake[0], wakeWrite: wake[1], stdinWrite: input[1])
+    }
+
+    /// Writes all of `bytes` to the child's stdin pipe; false once it is closed or broken.
+    public func writeStdin(_ bytes: [UInt8]) -> Bool {
+        stdinLock.lock()
+        defer { stdinLock.unlock() }
+        guard stdinWrite >= 0 else { return false }
+        var offset = 0
+        while offset < bytes.count {
+            let n = bytes.withUnsafeBytes { raw in write(stdinWrite, raw.baseAddress! + offset, raw.count - offset) }
+            if n < 0 {
+                if errno == EINTR { continue }
+                return false
+            }
+            offset += n
+        }
+        return true
+    }
+
+    /// Closes the stdin pipe: the child reads end of file.
+    public func closeStdin() {
+        stdinLock.lock()
+        if stdinWrite >= 0 { close(stdinWrite) }
+        stdinWrite = -1
+        stdinLock.unlock()
     }
 
     /// Asks `drive` to end the process group (SIGTERM, then SIGKILL after the grace).

@@ -165,6 +165,7 @@ func processExists(marker: String) -> Bool {
         let r = try await h.run(h.request(.python, "x = bytearray(512 * 1024 * 1024)\nprint('allocated')", mem: 64))
         #expect(r.status == .failed)
         #expect(try h.lines(r.id).contains { $0.line.contains("MemoryError") })
+        #expect(r.error == "memory limit of 64 MB exceeded (MemoryError)")
     }
 
     @Test func queueLimitRefusesPastTheLimit() throws {

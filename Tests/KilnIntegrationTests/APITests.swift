@@ -12,7 +12,12 @@ import KilnTestSupport
         #expect(r["output"] == .object([("sum", .int(3))]))
         #expect(r["exit_code"] == .int(0))
         #expect(r["isolation"] == .string("auto"))
-        #expect(r["isolation_used"] == .string("process"))
+        // auto: the strongest available of gvisor, sandbox, process.
+        let backends = try s.json("GET", "/v1/backends").1["backends"]?.arrayValue ?? []
+        let strongest = ["gvisor", "sandbox", "process"].first { name in
+            backends.contains { $0["name"] == .string(name) && $0["available"] == .bool(true) }
+        }
+        #expect(r["isolation_used"] == strongest.map { .string($0) })
         #expect(r["log_lines"] == .int(1))
         #expect(r["output_truncated"] == .bool(false))
         #expect(r["error"] == .null)
@@ -137,7 +142,7 @@ import KilnTestSupport
         for i in 0..<5 {
             let runtime = i % 2 == 0 ? "shell" : "python"
             let code = runtime == "shell" ? "exit \(i % 3 == 0 ? 0 : 1)" : "print(\(i))"
-            ids.append(try s.run(#"{"runtime": "\#(runtime)", "code": "\#(code)"}"#)["id"]!.stringValue!)
+            ids.append(try s.run(#"{"runtime": "\#(runtime)", "isolation": "process", "code": "\#(code)"}"#)["id"]!.stringValue!)
         }
         var seen: [String] = []
         var cursor: String? = nil
@@ -199,7 +204,7 @@ import KilnTestSupport
     @Test func deleteKillsTheTreeAndRefusesTerminalWorkloads() throws {
         let s = try KilnServer.start()
         let marker = "kiln-api-kill-\(UUID().uuidString.prefix(8))"
-        let id = try s.submit(#"{"runtime": "shell", "code": "(setsid sh -c 'sleep 600' \#(marker) &); echo up; sleep 600"}"#)
+        let id = try s.submit(#"{"runtime": "shell", "isolation": "process", "code": "(setsid sh -c 'sleep 600' \#(marker) &); echo up; sleep 600"}"#)
         try s.waitRunning(id)
         var up = false
         for _ in 0..<200 where !up {
@@ -219,9 +224,9 @@ import KilnTestSupport
 
     @Test func aFullQueueAnswers429WithRetryAfter() throws {
         let s = try KilnServer.start(env: ["KILN_MAX_CONCURRENT": "1", "KILN_QUEUE_LIMIT": "1"])
-        let a = try s.submit(#"{"runtime": "shell", "code": "sleep 30"}"#)
-        let b = try s.submit(#"{"runtime": "shell", "code": "sleep 30"}"#)
-        let r = try s.request("POST", "/v1/workloads/async", body: #"{"runtime": "shell", "code": "true"}"#)
+        let a = try s.submit(#"{"runtime": "shell", "isolation": "process", "code": "sleep 30"}"#)
+        let b = try s.submit(#"{"runtime": "shell", "isolation": "process", "code": "sleep 30"}"#)
+        let r = try s.request("POST", "/v1/workloads/async", body: #"{"runtime": "shell", "isolation": "process", "code": "true"}"#)
         #expect(r.status == 429)
         #expect(r.header("Retry-After") != nil)
         #expect(try r.json()["error"]?["code"] == .string("queue_full"))
@@ -234,7 +239,7 @@ import KilnTestSupport
 
     @Test func timeoutFailsTheWorkloadNamingTheTimeout() throws {
         let s = try KilnServer.start()
-        let r = try s.run(#"{"runtime": "python", "code": "import time\nprint('start', flush=True)\ntime.sleep(60)", "resources": {"timeout_s": 1}}"#)
+        let r = try s.run(#"{"runtime": "python", "isolation": "process", "code": "import time\nprint('start', flush=True)\ntime.sleep(60)", "resources": {"timeout_s": 1}}"#)
         #expect(r["status"] == .string("failed"))
         #expect(r["error"]?.stringValue?.contains("timed out") == true)
         #expect(r["log_lines"] == .int(1))
@@ -245,7 +250,7 @@ import KilnTestSupport
         let s = try KilnServer.start(env: ["KILN_MAX_CONCURRENT": String(n)])
         let bodies = ResultList()
         let clients = Thread {
-            bodies.add(Result { try JSON.array(Curl.parallel(n, ["-X", "POST", "--data-binary", #"{"runtime": "shell", "code": "sleep 1; echo ok"}"#],
+            bodies.add(Result { try JSON.array(Curl.parallel(n, ["-X", "POST", "--data-binary", #"{"runtime": "shell", "isolation": "process", "code": "sleep 1; echo ok"}"#],
                                                              url: s.baseURL + "/v1/workloads").map { try JSON.parse($0) }) })
         }
         clients.start()
@@ -268,7 +273,7 @@ import KilnTestSupport
 
     @Test func theServerEnvironmentNeverReachesAWorkload() throws {
         let s = try KilnServer.start(env: ["KILN_TEST_SECRET": "hunter2-\(UUID().uuidString)"], token: "tok-\(UUID().uuidString)")
-        let r = try s.run(#"{"runtime": "shell", "code": "env", "env": {"MINE": "1"}}"#)
+        let r = try s.run(#"{"runtime": "shell", "isolation": "process", "code": "env", "env": {"MINE": "1"}}"#)
         let out = r["output"]?.stringValue ?? ""
         #expect(!out.contains("hunter2"))
         #expect(!out.contains(s.token!))
@@ -346,8 +351,8 @@ import KilnTestSupport
 
     @Test func statsBackendsAndMetricsReport() throws {
         let s = try KilnServer.start()
-        _ = try s.run(#"{"runtime": "shell", "code": "echo a; echo b"}"#)
-        _ = try s.run(#"{"runtime": "shell", "code": "exit 1"}"#)
+        _ = try s.run(#"{"runtime": "shell", "isolation": "process", "code": "echo a; echo b"}"#)
+        _ = try s.run(#"{"runtime": "shell", "isolation": "process", "code": "exit 1"}"#)
         let (_, stats) = try s.json("GET", "/v1/stats")
         #expect(stats["workloads"]?["total"] == .int(2))
         #expect(stats["workloads"]?["completed"] == .int(1))

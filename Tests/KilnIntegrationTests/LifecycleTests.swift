@@ -10,7 +10,7 @@ import KilnTestSupport
         let db = "\(dir)/kiln.db"
         let marker = "kiln-orphan-\(UUID().uuidString.prefix(8))"
         let first = try KilnServer.start(db: db)
-        let id = try first.submit(#"{"runtime": "shell", "code": "echo before; (setsid sh -c 'sleep 600' \#(marker) &); sh -c 'sleep 600' \#(marker)-child"}"#)
+        let id = try first.submit(#"{"runtime": "shell", "isolation": "process", "code": "echo before; (setsid sh -c 'sleep 600' \#(marker) &); sh -c 'sleep 600' \#(marker)-child"}"#)
         try first.waitRunning(id)
         var seen = false
         for _ in 0..<250 where !seen {
@@ -38,7 +38,7 @@ import KilnTestSupport
         let end = try JSON.parse(c["end"]?["data"]?.stringValue ?? "")
         #expect(end["error"] == .string("server restarted"))
         // The restarted server works.
-        #expect(try second.run(#"{"runtime": "shell", "code": "echo again"}"#)["status"] == .string("completed"))
+        #expect(try second.run(#"{"runtime": "shell", "isolation": "process", "code": "echo again"}"#)["status"] == .string("completed"))
     }
 
     @Test func sigtermStopsWorkloadsFlushesEveryLineAndEndsEveryStream() throws {
@@ -46,8 +46,8 @@ import KilnTestSupport
         let db = "\(dir)/kiln.db"
         let s = try KilnServer.start(db: db)
         let marker = "kiln-sigterm-\(UUID().uuidString.prefix(8))"
-        let id = try s.submit(#"{"runtime": "python", "code": "import subprocess, time\nsubprocess.Popen(['sh', '-c', 'sleep 600', '\#(marker)'])\ni = 0\nwhile True:\n    i += 1\n    print(f'line {i}', flush=True)\n    if i % 100 == 0: time.sleep(0.01)", "resources": {"timeout_s": 120}}"#)
-        let pending = try s.submit(#"{"runtime": "shell", "code": "true"}"#)
+        let id = try s.submit(#"{"runtime": "python", "isolation": "process", "code": "import subprocess, time\nsubprocess.Popen(['sh', '-c', 'sleep 600', '\#(marker)'])\ni = 0\nwhile True:\n    i += 1\n    print(f'line {i}', flush=True)\n    if i % 100 == 0: time.sleep(0.01)", "resources": {"timeout_s": 120}}"#)
+        let pending = try s.submit(#"{"runtime": "shell", "isolation": "process", "code": "true"}"#)
         _ = pending
         try s.waitRunning(id)
         let streams = try (0..<3).map { _ in try SSEClient.start("\(s.baseURL)/v1/workloads/\(id)/logs", ["--summary"]) }
@@ -90,7 +90,7 @@ import KilnTestSupport
         let s = try KilnServer.start()
         let answer = ResultList()
         let client = Thread {
-            answer.add(Result { try s.run(#"{"runtime": "shell", "code": "echo waiting; sleep 30"}"#) })
+            answer.add(Result { try s.run(#"{"runtime": "shell", "isolation": "process", "code": "echo waiting; sleep 30"}"#) })
         }
         client.start()
         var running = false

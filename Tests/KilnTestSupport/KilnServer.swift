@@ -148,6 +148,7 @@ public final class KilnServer: @unchecked Sendable {
         while Date() < deadline {
             let (_, r) = try json("GET", "/v1/workloads/\(id)")
             if r["status"]?.stringValue == "running" { return }
+            if let s = r["status"]?.stringValue, s != "pending" { throw TestFailure("workload \(id) is \(s), not running: \(r.text)") }
             usleep(10_000)
         }
         throw TestFailure("workload \(id) did not start within \(timeout) s")

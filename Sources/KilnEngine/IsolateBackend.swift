@@ -1,0 +1,248 @@
+import Foundation
+import KilnCore
+import KilnSystem
+import Logging
+
+/// Runs JavaScript in V8 isolates inside one long-running Node host (isolate/host.mjs):
+/// started when first needed, restarted when it dies, stopped with Kiln. Each workload runs
+/// in a worker of its own with heap limits from `mem_mb`, in a `vm` context holding only
+/// `console`; its default export's return value is the output.
+public final class IsolateBackend: Backend, @unchecked Sendable {
+    public let name: Isolation = .isolate
+    let host: IsolateHost
+
+    public init(nodePath: String? = RuntimeLocator.find("node"), scriptFolder: String, logger: Logger) {
+        host = IsolateHost(nodePath: nodePath, scriptFolder: scriptFolder, logger: logger)
+    }
+
+    public func capabilities() -> BackendCapabilities {
+        let probe = host.probe()
+        return BackendCapabilities(
+            name: .isolate, available: probe == nil, reason: probe, runtimes: probe == nil ? [.node] : [],
+            isolation: "V8 isolate",
+            limits: [
+                ("timeout", .bool(true)),
+                ("memory", .string("V8 heap limit per worker (resourceLimits), host RSS watch for off-heap memory")),
+                ("cpu", .string("timeout only")),
+            ],
+            network: "none (no fetch, sockets or require in the context)",
+            filesystem: "none")
+    }
+
+    public func execute(_ spec: ExecutionSpec, writer: any LogWriter, cancellation: Cancellation) -> ExecutionResult {
+        host.run(spec, writer: writer, cancellation: cancellation)
+    }
+
+    public func shutdown() {
+        host.stop()
+    }
+}
+
+/// The Node host process and the runs in flight on it.
+final class IsolateHost: @unchecked Sendable {
+    let nodePath: String?
+    let scriptFolder: String
+    let logger: Logger
+    // Guarded by `lock`.
+    private let lock = NSLock()
+    private var child: ChildProcess?
+    private var runs: [String: IsolateRun] = [:]
+    private var stopped = false
+    private var generation = 0
+
+    init(nodePath: String?, scriptFolder: String, logger: Logger) {
+        self.nodePath = nodePath
+        self.scriptFolder = scriptFolder
+        self.logger = logger
+    }
+
+    /// Nil when a trivial workload runs; else why not.
+    func probe() -> String? {
+        guard nodePath != nil else { return "node is not installed in \(RuntimeLocator.minimalPath)" }
+        let spec = ExecutionSpec(id: "probe-\(UUID().uuidString)", runtime: .node, code: "export default (x) => x + 1",
+                                 inputJSON: "41", env: [:], resources: Resources(cpus: 1, memMB: 64, timeoutS: 10))
+        let writer = DiscardingWriter()
+        let r = run(spec, writer: writer, cancellation: Cancellation())
+        if r.error == nil, r.output == .int(42) { return nil }
+        return "the isolate host did not run a trivial workload: \(r.error ?? "output \(r.output?.text ?? "none")")"
+    }
+
+    func stop() {
+        lock.lock()
+        stopped = true
+        let c = child
+        child = nil
+        lock.unlock()
+        c?.closeStdin()
+        c?.stop()
+    }
+
+    /// The running host, started on demand.
+    private func ensureHost() throws -> ChildProcess {
+        lock.lock()
+        defer { lock.unlock() }
+        if stopped { throw SpawnError(description: "the isolate host is stopped") }
+        if let child { return child }
+        guard let nodePath else { throw SpawnError(description: "node is not installed") }
+        try FileManager.default.createDirectory(atPath: scriptFolder, withIntermediateDirectories: true)
+        let script = "\(scriptFolder)/host.mjs"
+        try Data(IsolateHostScript.source.utf8).write(to: URL(fileURLWithPath: script))
+        let c = try ChildProcess.spawn(SpawnSpec(
+            executable: nodePath, arguments: ["node", script],
+            environment: ["PATH": RuntimeLocator.minimalPath, "HOME": scriptFolder],
+            workingDirectory: scriptFolder, usePIDNamespace: ChildProcess.pidNamespacesWork, stdinPipe: true))
+        child = c
+        generation += 1
+        let gen = generation
+        let thread = Thread { [self] in readLoop(c, generation: gen) }
+        thread.name = "kiln-isolate-host"
+        thread.start()
+        return c
+    }
+
+    /// Reads the host's messages until it exits, then fails what was in flight.
+    private func readLoop(_ c: ChildProcess, generation gen: Int) {
+        var splitter = LineSplitter(maxLineBytes: Int.max / 2)
+        var stderr = LineSplitter()
+        let exit = c.drive(deadline: nil, tickMillis: 1000, graceMillis: 500, onOutput: { stream, bytes in
+            if stream == .stdout {
+                splitter.feed(bytes) { dispatch($0) }
+            } else {
+                stderr.feed(bytes) { logger.notice("isolate host: \($0)") }
+            }
+        }, onTick: {})
+        splitter.finish { dispatch($0) }
+        lock.lock()
+        if generation == gen { child = nil }
+        let orphans = runs
+        runs.removeAll()
+        lock.unlock()
+        if !orphans.isEmpty || exit.status != 0 {
+            logger.warning("isolate host exited with status \(exit.status); \(orphans.count) runs failed")
+        }
+        for run in orphans.values {
+            run.post(.finished(ExecutionResult(exitCode: 1, error: "the isolate host crashed (exit status \(exit.status))")))
+        }
+    }
+
+    private func dispatch(_ text: String) {
+        guard let msg = try? JSON.parse(text), let type = msg["type"]?.stringValue else {
+            if !text.isEmpty { logger.warning("isolate host sent an unreadable line: \(text.prefix(200))") }
+            return
+        }
+        if type == "ready" { return }
+        guard let id = msg["id"]?.stringValue else {
+            logger.warning("isolate host: \(msg["error"]?.stringValue ?? text)")
+            return
+        }
+        lock.lock()
+        let run = runs[id]
+        if type != "log" { runs[id] = nil }
+        lock.unlock()
+        guard let run else { return }
+        switch type {
+        case "log":
+            run.post(.log(msg["stream"]?.stringValue == "stderr" ? .stderr : .stdout, msg["line"]?.stringValue ?? ""))
+        case "result":
+            run.post(.finished(ExecutionResult(exitCode: 0, output: msg["output"] ?? .null)))
+        default:
+            let reason = msg["reason"]?.stringValue ?? "exception"
+            let error = msg["error"]?.stringValue ?? "the workload failed"
+            run.post(.finished(ExecutionResult(exitCode: 1, timedOut: reason == "timeout", cancelled: reason == "killed", error: error)))
+        }
+    }
+
+    func run(_ spec: ExecutionSpec, writer: any LogWriter, cancellation: Cancellation) -> ExecutionResult {
+        let run = IsolateRun()
+        let host: ChildProcess
+        do {
+            host = try ensureHost()
+        } catch {
+            return ExecutionResult(exitCode: nil, error: "cannot start the isolate host: \(error)")
+        }
+        lock.lock()
+        runs[spec.id] = run
+        lock.unlock()
+        let input = (try? JSON.parse(spec.inputJSON)) ?? .null
+        let message = JSON.object([
+            ("type", .string("run")), ("id", .string(spec.id)), ("code", .string(spec.code)), ("input", input),
+            ("mem_mb", .int(Int64(spec.resources.memMB))), ("timeout_ms", .int(Int64(spec.resources.timeoutS) * 1000)),
+        ])
+        guard host.writeStdin(message.encoded() + [0x0A]) else {
+            lock.lock()
+            runs[spec.id] = nil
+            lock.unlock()
+            return ExecutionResult(exitCode: nil, error: "the isolate host is not accepting work")
+        }
+        cancellation.onCancel {
+            _ = host.writeStdin(JSON.object([("type", .string("kill")), ("id", .string(spec.id))]).encoded() + [0x0A])
+        }
+        // The host enforces the timeout; this backstop covers a host that stops answering.
+        let backstop = Date().addingTimeInterval(Double(spec.resources.timeoutS) + 10)
+        while true {
+            switch run.next(timeout: 0.025) {
+            case .log(let stream, let line)?:
+                writer.writeLine(stream, line)
+            case .finished(var result)?:
+                if result.timedOut { result.error = "timed out after \(spec.resources.timeoutS) s" }
+                if let output = result.output {
+                    let text = output.text
+                    if text.utf8.count > OutputCapture.limit {
+                        result.output = .string(String(decoding: Array(text.utf8.prefix(OutputCapture.limit)), as: UTF8.self))
+                        result.error = result.error ?? "output is larger than 1 MiB"
+                    }
+                }
+                return result
+            case nil:
+                writer.tick()
+                if Date() > backstop {
+                    lock.lock()
+                    runs[spec.id] = nil
+                    lock.unlock()
+                    return ExecutionResult(exitCode: nil, timedOut: true, error: "timed out after \(spec.resources.timeoutS) s (the isolate host did not answer)")
+                }
+            }
+        }
+    }
+}
+
+/// Messages for one run, posted by the reader thread and taken by the run's own thread.
+final class IsolateRun: @unchecked Sendable {
+    enum Event {
+        case log(LogStream, String)
+        case finished(ExecutionResult)
+    }
+
+    // Guarded by `condition`.
+    private let condition = NSCondition()
+    private var events: [Event] = []
+    private var head = 0
+
+    func post(_ e: Event) {
+        condition.lock()
+        events.append(e)
+        condition.signal()
+        condition.unlock()
+    }
+
+    func next(timeout: TimeInterval) -> Event? {
+        condition.lock()
+        defer { condition.unlock() }
+        if head == events.count { _ = condition.wait(until: Date().addingTimeInterval(timeout)) }
+        guard head < events.count else { return nil }
+        let e = events[head]
+        head += 1
+        if head > 1024 && head * 2 > events.count {
+            events.removeFirst(head)
+            head = 0
+        }
+        return e
+    }
+}
+
+/// A writer for probes: keeps nothing.
+final class DiscardingWriter: LogWriter {
+    func write(_ stream: LogStream, _ bytes: [UInt8]) {}
+    func writeLine(_ stream: LogStream, _ line: String) {}
+    func tick() {}
+}
