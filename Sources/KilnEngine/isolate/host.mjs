@@ -1,7 +1,13 @@
 // Kiln isolate host: runs untrusted JavaScript workloads in V8 isolates.
 //
-// Protocol: newline-delimited JSON on stdin (from Kiln) and stdout (to Kiln); diagnostics on
-// stderr. See the report in the Kiln docs / isolate backend for the message shapes.
+// Protocol: one JSON object per line; stdin from Kiln, stdout to Kiln, diagnostics on stderr.
+//   in:  {"type":"run","id":s,"code":s,"input":any,"mem_mb":n,"timeout_ms":n}  {"type":"kill","id":s}
+//   out: {"type":"ready"}                                   once, when runs can execute
+//        {"type":"log","id":s,"stream":"stdout"|"stderr","line":s}   as it happens; may hold \n
+//        {"type":"result","id":s,"output":any}               exactly one result or error per run
+//        {"type":"error","id":s,"reason":r,"error":s}        r: exception|timeout|memory|killed|crash
+//        {"type":"error","id":null,"reason":"protocol","error":s}    unusable input line
+// The host exits when stdin closes. Requires Node 20 (uses Node internals; see workloadMain).
 //
 // One file, three roles (chosen at the bottom):
 //
@@ -921,6 +927,7 @@ function supervisorMain() {
   });
   rl.on('close', () => shutdown(0)); // stdin closed: Kiln died or is done with us
   pump();
+  if (!procs.size) spawnProc(); // even with no spares, one executor must prove it can start
 }
 
 if (!isMainThread) workloadMain();
