@@ -27,6 +27,7 @@ run: deps
 
 test: deps
 	$(SWIFT) build
+	node --test Sources/KilnEngine/isolate/host-test.mjs
 	$(SWIFT) test
 
 # The log broker and engine suites under ThreadSanitizer.

@@ -46,6 +46,20 @@ struct SandboxSupport: Sendable {
         return [exe] + prepared.arguments.dropFirst()
     }
 
+    /// gVisor's pipes accept partial writes, and python's unbuffered (-u) raw stdout does not
+    /// retry them: a large write would lose its tail. Inside gVisor python runs with
+    /// line-buffered text streams over buffered writers, which retry, and so still sends
+    /// every line as soon as it ends.
+    static let pythonLineBuffered = """
+        import io, runpy, sys
+        def _stream(fd):
+            return io.TextIOWrapper(io.BufferedWriter(io.FileIO(fd, "w", closefd=False)), encoding="utf-8", \
+        errors="backslashreplace", line_buffering=True)
+        sys.stdout, sys.stderr = _stream(1), _stream(2)
+        sys.argv = ["main.py"]
+        runpy.run_path("main.py", run_name="__main__")
+        """
+
     func environment(_ spec: ExecutionSpec) -> [(String, String)] {
         var env = spec.env
         env["PATH"] = env["PATH"] ?? RuntimeLocator.minimalPath
@@ -254,9 +268,10 @@ public struct GVisorBackend: Backend {
             return ExecutionResult(exitCode: nil, error: "cannot prepare work folder: \(error)")
         }
         defer { folder.remove() }
-        guard let command = support.command(spec, prepared) else {
+        guard var command = support.command(spec, prepared) else {
             return ExecutionResult(exitCode: nil, error: "runtime \(spec.runtime.rawValue) is not installed")
         }
+        if spec.runtime == .python { command = [command[0], "-c", SandboxSupport.pythonLineBuffered] }
         let state = "\(containers)/\(spec.id)"
         let bundle = "\(state)/bundle"
         let container = "kiln-\(spec.id)"

@@ -28,20 +28,34 @@ final class EngineHarness: @unchecked Sendable {
                       resources: Resources(cpus: 1, memMB: mem, timeoutS: timeout), env: env)
     }
 
-    /// Submits and waits for the terminal record.
-    func run(_ r: SubmitRequest) async throws -> WorkloadRecord {
-        try await withCheckedThrowingContinuation { (c: CheckedContinuation<WorkloadRecord, any Error>) in
-            do {
-                _ = try engine.submit(r) { record in c.resume(returning: record) }
-            } catch {
-                c.resume(throwing: error)
-            }
-        }
+    /// Submits and waits for the terminal record. Blocking on purpose: engine completions run
+    /// on Dispatch threads, and a test that waited on the shared cooperative pool could starve
+    /// while other suites block it.
+    func run(_ r: SubmitRequest) throws -> WorkloadRecord {
+        let done = Box<WorkloadRecord>()
+        _ = try engine.submit(r) { done.set($0) }
+        return done.wait()
+    }
+
+    /// Kills and waits for the `killed` record.
+    func kill(_ id: String) throws -> WorkloadRecord {
+        let done = Box<WorkloadRecord>()
+        try engine.kill(id) { done.set($0) }
+        return done.wait()
     }
 
     func lines(_ id: String) throws -> [LogLine] {
         try store.lines(id, after: 0, limit: 100_000)
     }
+}
+
+/// A value handed from one thread to a waiting one.
+final class Box<T: Sendable>: @unchecked Sendable {
+    // Guarded by `semaphore` ordering: written once before the signal, read after the wait.
+    private var value: T?
+    private let semaphore = DispatchSemaphore(value: 0)
+    func set(_ v: T) { value = v; semaphore.signal() }
+    func wait() -> T { semaphore.wait(); return value! }
 }
 
 func processExists(marker: String) -> Bool {
@@ -56,9 +70,9 @@ func processExists(marker: String) -> Bool {
 }
 
 @Suite struct EngineTests {
-    @Test func pythonRunsWithInputAndItsOutputIsParsed() async throws {
+    @Test func pythonRunsWithInputAndItsOutputIsParsed() throws {
         let h = try EngineHarness()
-        let r = try await h.run(h.request(.python, """
+        let r = try h.run(h.request(.python, """
             import sys, json
             d = json.load(sys.stdin)
             print("to stderr", file=sys.stderr)
@@ -75,65 +89,68 @@ func processExists(marker: String) -> Bool {
     }
 
     @Test(arguments: [Runtime.node, .shell])
-    func otherRuntimesRun(_ runtime: Runtime) async throws {
+    func otherRuntimesRun(_ runtime: Runtime) throws {
         let h = try EngineHarness()
         let code = runtime == .node ? "console.log(JSON.stringify({n: 42}))" : "echo '{\"n\": 42}'"
-        let r = try await h.run(h.request(runtime, code))
+        let r = try h.run(h.request(runtime, code))
         #expect(r.status == .completed)
         #expect(try JSON.parse(r.outputJSON) == .object([("n", .int(42))]))
     }
 
-    @Test func plainTextOutputKeepsItsTrailingNewline() async throws {
+    @Test func plainTextOutputKeepsItsTrailingNewline() throws {
         let h = try EngineHarness()
-        let r = try await h.run(h.request(.shell, "echo hello"))
+        let r = try h.run(h.request(.shell, "echo hello"))
         #expect(r.outputJSON == #""hello\n""#)
-        let empty = try await h.run(h.request(.shell, "true"))
+        let empty = try h.run(h.request(.shell, "true"))
         #expect(empty.outputJSON == "null")
     }
 
-    @Test func nonZeroExitFails() async throws {
+    @Test func nonZeroExitFails() throws {
         let h = try EngineHarness()
-        let r = try await h.run(h.request(.shell, "echo bye; exit 3"))
+        let r = try h.run(h.request(.shell, "echo bye; exit 3"))
         #expect(r.status == .failed)
         #expect(r.exitCode == 3)
         #expect(r.error?.contains("3") == true)
     }
 
-    @Test func timeoutKillsTheGroupAndSaysSo() async throws {
+    @Test func timeoutKillsTheGroupAndSaysSo() throws {
         let h = try EngineHarness()
         let marker = "kiln-timeout-\(UUID().uuidString.prefix(8))"
-        let r = try await h.run(h.request(.shell, "sh -c 'sleep 600' \(marker) & echo started; sleep 600", timeout: 1))
+        let r = try h.run(h.request(.shell, "sh -c 'sleep 600' \(marker) & echo started; sleep 600", timeout: 1))
         #expect(r.status == .failed)
         #expect(r.error?.contains("timed out") == true)
         #expect(try h.lines(r.id).map(\.line) == ["started"])
-        try await Task.sleep(for: .milliseconds(300))
+        usleep(300_000)
         #expect(!processExists(marker: marker))
     }
 
-    @Test func killEndsTheWholeTreeIncludingADaemonizedGrandchild() async throws {
+    @Test func killEndsTheWholeTreeIncludingADaemonizedGrandchild() throws {
         let h = try EngineHarness()
         let marker = "kiln-kill-\(UUID().uuidString.prefix(8))"
         let r = h.request(.shell, "(setsid sh -c 'sleep 600' \(marker)-a &); sh -c 'sleep 600' \(marker)-b & echo up; wait")
         let record = try h.engine.submit(r)
         // Wait for the first line: the tree is up.
         let deadline = Date().addingTimeInterval(10)
-        while (try h.store.maxSeq(record.id)) < 1 && Date() < deadline { try await Task.sleep(for: .milliseconds(20)) }
-        #expect(processExists(marker: "\(marker)-a"))
-        #expect(processExists(marker: "\(marker)-b"))
-        let killed = try await withCheckedThrowingContinuation { (c: CheckedContinuation<WorkloadRecord, any Error>) in
-            do { try h.engine.kill(record.id) { c.resume(returning: $0) } } catch { c.resume(throwing: error) }
+        while (try h.store.maxSeq(record.id)) < 1 && Date() < deadline { usleep(20_000) }
+        // The background processes exec a moment after the first line.
+        var up = false
+        for _ in 0..<250 where !up {
+            up = processExists(marker: "\(marker)-a") && processExists(marker: "\(marker)-b")
+            if !up { usleep(20_000) }
         }
+        #expect(up)
+        let killed = try h.kill(record.id)
         #expect(killed.status == .killed)
-        try await Task.sleep(for: .milliseconds(300))
+        usleep(300_000)
         #expect(!processExists(marker: "\(marker)-a"))
         #expect(!processExists(marker: "\(marker)-b"))
         #expect(throws: EngineError.alreadyFinished(killed)) { try h.engine.kill(record.id) { _ in } }
     }
 
-    @Test func serverEnvironmentNeverReachesTheWorkload() async throws {
+    @Test func serverEnvironmentNeverReachesTheWorkload() throws {
         setenv("KILN_API_TOKEN", "server-secret-token", 1)
         let h = try EngineHarness()
-        let r = try await h.run(h.request(.shell, "env", env: ["GIVEN": "yes"]))
+        let r = try h.run(h.request(.shell, "env", env: ["GIVEN": "yes"]))
         let env = try h.lines(r.id).map(\.line)
         #expect(!env.joined().contains("server-secret-token"))
         #expect(env.contains("GIVEN=yes"))
@@ -142,9 +159,9 @@ func processExists(marker: String) -> Bool {
         #expect(env.filter { !$0.hasPrefix("PWD=") && !$0.hasPrefix("SHLVL=") && !$0.hasPrefix("_=") }.count == 3)
     }
 
-    @Test func stdoutOver1MiBIsTruncatedAndFlaggedButEveryLineIsKept() async throws {
+    @Test func stdoutOver1MiBIsTruncatedAndFlaggedButEveryLineIsKept() throws {
         let h = try EngineHarness()
-        let r = try await h.run(h.request(.python, "import sys\nfor i in range(20000): sys.stdout.write('x' * 99 + '\\n')"))
+        let r = try h.run(h.request(.python, "import sys\nfor i in range(20000): sys.stdout.write('x' * 99 + '\\n')"))
         #expect(r.status == .completed)
         #expect(r.outputTruncated)
         let output = try JSON.parse(r.outputJSON).stringValue ?? ""
@@ -153,16 +170,16 @@ func processExists(marker: String) -> Bool {
         #expect(try h.lines(r.id).count == 20000)
     }
 
-    @Test func invalidUTF8OnStdoutBecomesReplacementCharacters() async throws {
+    @Test func invalidUTF8OnStdoutBecomesReplacementCharacters() throws {
         let h = try EngineHarness()
-        let r = try await h.run(h.request(.shell, #"printf 'a\377b\n'"#))
+        let r = try h.run(h.request(.shell, #"printf 'a\377b\n'"#))
         #expect(try JSON.parse(r.outputJSON) == .string("a\u{FFFD}b\n"))
         #expect(try h.lines(r.id).map(\.line) == ["a\u{FFFD}b"])
     }
 
-    @Test func memoryLimitStopsAPythonAllocation() async throws {
+    @Test func memoryLimitStopsAPythonAllocation() throws {
         let h = try EngineHarness()
-        let r = try await h.run(h.request(.python, "x = bytearray(512 * 1024 * 1024)\nprint('allocated')", mem: 64))
+        let r = try h.run(h.request(.python, "x = bytearray(512 * 1024 * 1024)\nprint('allocated')", mem: 64))
         #expect(r.status == .failed)
         #expect(try h.lines(r.id).contains { $0.line.contains("MemoryError") })
         #expect(r.error == "memory limit of 64 MB exceeded (MemoryError)")
@@ -178,23 +195,21 @@ func processExists(marker: String) -> Bool {
         try h.engine.kill(a.id) { _ in }
     }
 
-    @Test func killingAPendingWorkloadNeverRunsIt() async throws {
+    @Test func killingAPendingWorkloadNeverRunsIt() throws {
         let h = try EngineHarness(maxConcurrent: 1)
         let a = try h.engine.submit(h.request(.shell, "sleep 30"))
         let marker = "kiln-never-\(UUID().uuidString.prefix(8))"
         let b = try h.engine.submit(h.request(.shell, "touch /tmp/\(marker)"))
-        let killed = try await withCheckedThrowingContinuation { (c: CheckedContinuation<WorkloadRecord, any Error>) in
-            do { try h.engine.kill(b.id) { c.resume(returning: $0) } } catch { c.resume(throwing: error) }
-        }
+        let killed = try h.kill(b.id)
         #expect(killed.status == .killed)
         #expect(killed.startedAt == nil)
         try h.engine.kill(a.id) { _ in }
         #expect(!FileManager.default.fileExists(atPath: "/tmp/\(marker)"))
     }
 
-    @Test func everyLineIsStoredBeforeTheTerminalStatus() async throws {
+    @Test func everyLineIsStoredBeforeTheTerminalStatus() throws {
         let h = try EngineHarness()
-        let r = try await h.run(h.request(.shell, "i=0; while [ $i -lt 5000 ]; do echo line $i; i=$((i+1)); done"))
+        let r = try h.run(h.request(.shell, "i=0; while [ $i -lt 5000 ]; do echo line $i; i=$((i+1)); done"))
         // The completion runs after the terminal state is stored: every line is there.
         #expect(r.logLines == 5000)
         #expect(try h.store.maxSeq(r.id) == 5000)
@@ -209,12 +224,12 @@ func processExists(marker: String) -> Bool {
         #expect(!Engine.hasDefaultExport("console.log('export default')x"))
     }
 
-    @Test func shutdownFailsRunningAndPendingWorkloads() async throws {
+    @Test func shutdownFailsRunningAndPendingWorkloads() throws {
         let h = try EngineHarness(maxConcurrent: 1)
         let a = try h.engine.submit(h.request(.shell, "echo one; sleep 30"))
         let b = try h.engine.submit(h.request(.shell, "sleep 30"))
         let deadline = Date().addingTimeInterval(10)
-        while (try h.store.get(a.id)?.status) != .running && Date() < deadline { try await Task.sleep(for: .milliseconds(20)) }
+        while (try h.store.get(a.id)?.status) != .running && Date() < deadline { usleep(20_000) }
         h.engine.shutdown(timeout: 8)
         #expect(try h.store.get(a.id)?.status == .failed)
         #expect(try h.store.get(a.id)?.error == "server shutdown")

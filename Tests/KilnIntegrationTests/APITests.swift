@@ -190,7 +190,7 @@ import KilnTestSupport
             if pages > 10 { break }
         }
         #expect(pages == 3)
-        #expect(all.count == 26)
+        try #require(all.count == 26)
         #expect(all.map { $0["seq"]?.int64Value ?? 0 } == (1...26).map { Int64($0) })
         #expect(all[0]["line"] == .string("line 1"))
         #expect(all[0]["stream"] == .string("stdout"))
