@@ -6,5 +6,6 @@ struct KilnCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "kiln",
         abstract: "A self-hosted workload runner with live log streaming.",
-        subcommands: [ServeCommand.self])
+        subcommands: [ServeCommand.self, RunCommand.self, StatusCommand.self, LogsCommand.self, ListCommand.self,
+                      KillCommand.self, BackendsCommand.self, StatsCommand.self])
 }

@@ -1,0 +1,141 @@
+import Foundation
+import Testing
+import KilnCore
+import KilnTestSupport
+
+/// The `kiln` client subcommands against the real server.
+@Suite struct CLITests {
+    func kiln(_ s: KilnServer?, _ args: [String], server: String? = nil) throws -> (status: Int32, out: String, err: String) {
+        var full = args
+        full += ["--server", server ?? s!.baseURL]
+        if let token = s?.token { full += ["--token", token] }
+        let (status, out, err) = try Curl.exec(KilnServer.binary, full)
+        return (status, String(decoding: out, as: UTF8.self), String(decoding: err, as: UTF8.self))
+    }
+
+    @Test func runPrintsTheOutputAndExitsWithTheWorkloadsCode() throws {
+        let s = try KilnServer.start()
+        let ok = try kiln(s, ["run", "--runtime", "python", "--isolation", "process", "--input", #"{"a": 20}"#,
+                              "--code", "import sys, json\nprint(json.load(sys.stdin)['a'] + 1)"])
+        #expect(ok.status == 0)
+        #expect(ok.out == "21\n")
+        let failed = try kiln(s, ["run", "--runtime", "shell", "--isolation", "process", "--code", "echo partial; exit 3"])
+        #expect(failed.status == 3)
+        #expect(failed.out == "partial\n")
+        #expect(failed.err.contains("exit 3"))
+        let json = try kiln(s, ["run", "--json", "--runtime", "shell", "--isolation", "process", "--code", "echo hi"])
+        #expect(try JSON.parse(json.out)["status"] == .string("completed"))
+        let file = KilnServer.tempDir() + "/job.sh"
+        try Data("echo from a file".utf8).write(to: URL(fileURLWithPath: file))
+        #expect(try kiln(s, ["run", "--runtime", "shell", "--isolation", "process", "--file", file]).out == "from a file\n")
+    }
+
+    @Test func runFollowShowsTheLinesThenTheResult() throws {
+        let s = try KilnServer.start()
+        let r = try kiln(s, ["run", "--follow", "--runtime", "shell", "--isolation", "process",
+                             "--code", "for i in 1 2 3; do echo step $i; sleep 0.2; done; echo oops >&2; exit 4"])
+        #expect(r.status == 4)
+        #expect(r.out == "step 1\nstep 2\nstep 3\n")
+        #expect(r.err.contains("oops"))
+        #expect(r.err.contains("exit 4"))
+    }
+
+    @Test func asyncThenLogsFollowStopsAtTheEndWithTheExitCode() throws {
+        let s = try KilnServer.start()
+        let submitted = try kiln(s, ["run", "--async", "--runtime", "shell", "--isolation", "process", "--code", "echo a; sleep 0.5; echo b; exit 5"])
+        #expect(submitted.status == 0)
+        let id = submitted.out.trimmingCharacters(in: .whitespacesAndNewlines)
+        #expect(ULIDGenerator.isValid(id))
+        let followed = try kiln(s, ["logs", "-f", id])
+        #expect(followed.status == 5)
+        #expect(followed.out == "a\nb\n")
+        let tail = try kiln(s, ["logs", "--tail", "1", id])
+        #expect(tail.out == "b\n")
+        let all = try kiln(s, ["logs", "--json", id])
+        #expect(all.out.split(separator: "\n").count == 2)
+        let status = try kiln(s, ["status", id])
+        #expect(status.out.contains("failed"))
+        let ls = try kiln(s, ["ls"])
+        #expect(ls.out.hasPrefix("ID"))
+        #expect(ls.out.contains(id))
+        let lsJSON = try kiln(s, ["ls", "--json", "--status", "failed"])
+        #expect(try JSON.parse(lsJSON.out)["workloads"]?.arrayValue?.count == 1)
+        #expect(try kiln(s, ["backends"]).out.contains("process"))
+        #expect(try kiln(s, ["stats"]).out.contains("total 1"))
+    }
+
+    @Test func logsFollowReconnectsAfterADroppedConnectionWithoutLossOrRepeats() throws {
+        let s = try KilnServer.start()
+        let id = try s.submit(#"{"runtime": "python", "isolation": "process", "code": "import time\nfor i in range(1, 2001):\n    print(f'line {i}', flush=True)\n    time.sleep(0.001)"}"#)
+        try s.waitRunning(id)
+        // The client talks through a proxy; killing the proxy drops its connection while
+        // the server and the workload go on.
+        var proxy = try TCPProxy(listen: 0, target: s.port)
+        let port = proxy.port
+        let out = KilnServer.tempDir() + "/follow.out"
+        _ = FileManager.default.createFile(atPath: out, contents: nil)
+        let follower = Process()
+        follower.executableURL = URL(fileURLWithPath: KilnServer.binary)
+        follower.arguments = ["logs", "-f", id, "--server", "http://127.0.0.1:\(port)"]
+        follower.standardOutput = FileHandle(forWritingAtPath: out)
+        follower.standardError = FileHandle.nullDevice
+        try follower.run()
+        for _ in 0..<3 {
+            usleep(400_000)
+            proxy.stop()
+            usleep(300_000)
+            proxy = try TCPProxy(listen: port, target: s.port)
+        }
+        follower.waitUntilExit()
+        proxy.stop()
+        #expect(follower.terminationStatus == 0)
+        let printed = try String(contentsOfFile: out, encoding: .utf8).split(separator: "\n").map(String.init)
+        #expect(printed == (1...2000).map { "line \($0)" })
+    }
+
+    @Test func errorsAreOneClearLine() throws {
+        let s = try KilnServer.start(token: "t-\(UUID().uuidString)")
+        let missing = try kiln(s, ["status", "01M8BKXHHPAZQSGBQTA3DEZGVK"])
+        #expect(missing.status == 1)
+        #expect(missing.err.split(separator: "\n").count == 1)
+        #expect(missing.err.contains("404"))
+        let unauthorized = try Curl.exec(KilnServer.binary, ["ls", "--server", s.baseURL])
+        #expect(unauthorized.0 == 1)
+        #expect(String(decoding: unauthorized.2, as: UTF8.self).contains("401"))
+        let unreachable = try kiln(nil, ["ls"], server: "http://127.0.0.1:1")
+        #expect(unreachable.status == 1)
+        #expect(unreachable.err.hasPrefix("kiln: cannot reach"))
+        let bad = try kiln(s, ["run", "--runtime", "cobol", "--code", "x"])
+        #expect(bad.status == 1)
+        #expect(bad.err.contains("422"))
+    }
+}
+
+/// Tests/tools/tcpproxy.py: a forwarder whose death drops every connection through it.
+struct TCPProxy {
+    let process: Process
+    let port: Int
+
+    init(listen: Int, target: Int) throws {
+        process = Process()
+        process.executableURL = URL(fileURLWithPath: "/usr/bin/env")
+        process.arguments = ["python3", "\(KilnServer.packageRoot)/Tests/tools/tcpproxy.py", String(listen), String(target)]
+        let pipe = Pipe()
+        process.standardOutput = pipe
+        process.standardError = FileHandle.nullDevice
+        try process.run()
+        var line = [UInt8]()
+        while true {
+            let byte = pipe.fileHandleForReading.readData(ofLength: 1)
+            if byte.isEmpty || byte.first == 0x0A { break }
+            line += byte
+        }
+        guard let p = Int(String(decoding: line, as: UTF8.self)) else { throw TestFailure("proxy did not start") }
+        port = p
+    }
+
+    func stop() {
+        kill(process.processIdentifier, SIGKILL)
+        process.waitUntilExit()
+    }
+}
