@@ -68,6 +68,8 @@ let package = Package(
         .testTarget(name: "KilnStoreTests", dependencies: ["KilnStore", "KilnCore"]),
         .testTarget(name: "KilnEngineTests", dependencies: ["KilnEngine", "KilnStore", "KilnCore", "KilnSystem"]),
         .testTarget(name: "KilnIntegrationTests", dependencies: ["KilnTestSupport", "KilnCore"]),
+        .testTarget(name: "KilnAPITests", dependencies: ["KilnAPI", "KilnEngine", "KilnStore", "KilnTestSupport",
+                                                         .product(name: "Logging", package: "swift-log")]),
     ],
     swiftLanguageModes: [.v6]
 )

@@ -5,6 +5,7 @@ import KilnSystem
 extension KilnAPI {
     /// `GET /v1/workloads/{id}/logs`: Server-Sent Events (spec section 4).
     func streamLogs(_ req: HTTPRequest, id: String) throws -> HTTPResponse {
+        guard let record = try store.get(id) else { throw APIError(404, "not_found", "workload \(id) not found") }
         let format: LogStreamSource.Format
         switch req.query["format"] {
         case nil, "text": format = .text
@@ -20,7 +21,6 @@ extension KilnAPI {
         }
         let tail: Int? = req.query["tail"] == nil ? nil : try Query.int(req, "tail", default: 0, range: 0...Int.max)
 
-        guard let record = try store.get(id) else { throw APIError(404, "not_found", "workload \(id) not found") }
         // A live log, when there is one; it exists from submission until the end is stored.
         let live = engine.broker.log(id)
         let lastSeq = live?.lastSeq ?? record.logLines

@@ -244,6 +244,7 @@ public final class KilnAPI: HTTPResponder, @unchecked Sendable {
         let limit = try Query.int(req, "limit", default: 50, range: 1...500)
         let status = try Query.enumValue(req, "status", WorkloadStatus.self)
         let isolation = try Query.enumValue(req, "isolation", Isolation.self)
+        if isolation == .auto { throw APIError.invalid("isolation", "isolation filters by the backend used: process, sandbox, gvisor or isolate") }
         let runtime = try Query.enumValue(req, "runtime", Runtime.self)
         let cursor = req.query["cursor"]
         if let cursor, !ULIDGenerator.isValid(cursor) { throw APIError.invalid("cursor", "cursor is not a workload id") }

@@ -78,7 +78,11 @@ public final class ServerRunner: @unchecked Sendable {
         logger.notice("stopping (\(reason))")
         api?.beginShutdown()
         engine?.shutdown(timeout: 7)
-        engine?.broker.closeAll { _ in EndInfo(status: .failed, exitCode: nil, error: "server shutdown", logLines: 0) }
+        // Streams of workloads the engine could not finish in time still get their end.
+        engine?.broker.closeAll { id, lastSeq in
+            if let r = try? engine?.store.get(id), r.status.isTerminal { return EndInfo(record: r) }
+            return EndInfo(status: .failed, exitCode: nil, error: "server shutdown", logLines: lastSeq)
+        }
         // Let open streams write their end events before the daemon goes.
         let deadline = Date().addingTimeInterval(1.5)
         while (api?.subscribers.value ?? 0) > 0 && Date() < deadline { usleep(20_000) }

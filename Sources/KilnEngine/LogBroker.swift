@@ -74,13 +74,13 @@ public final class LogBroker: @unchecked Sendable {
         log?.close(end)
     }
 
-    /// Ends every open log (server shutdown).
-    public func closeAll(_ end: (String) -> EndInfo) {
+    /// Ends every open log (server shutdown); `end` gets the id and the last seq.
+    public func closeAll(_ end: (String, Int64) -> EndInfo) {
         lock.lock()
         let all = logs
         logs.removeAll()
         lock.unlock()
-        for (id, log) in all { log.close(end(id)) }
+        for (id, log) in all { log.close(end(id, log.lastSeq)) }
     }
 
     /// A cursor on a live workload's log that starts after `after` (nil: only later lines).

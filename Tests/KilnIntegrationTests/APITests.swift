@@ -164,7 +164,7 @@ import KilnTestSupport
         #expect(process["workloads"]?.arrayValue?.count == 5)
         let (_, gvisor) = try s.json("GET", "/v1/workloads?isolation=gvisor")
         #expect(gvisor["workloads"]?.arrayValue?.isEmpty == true)
-        for bad in ["limit=0", "limit=501", "limit=x", "status=done", "runtime=go", "cursor=../x"] {
+        for bad in ["limit=0", "limit=501", "limit=x", "status=done", "runtime=go", "cursor=../x", "isolation=auto"] {
             let r = try s.request("GET", "/v1/workloads?\(bad)")
             #expect(r.status == 422, "\(bad)")
         }

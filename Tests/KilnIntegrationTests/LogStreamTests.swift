@@ -109,6 +109,8 @@ import KilnTestSupport
         let r = try s.request("GET", "/v1/workloads/01M8BKXHHPAZQSGBQTA3DEZGVK/logs")
         #expect(r.status == 404)
         #expect(try r.json()["error"]?["code"] == .string("not_found"))
+        // The id is looked up first: an unknown id is 404 whatever the parameters.
+        #expect(try s.request("GET", "/v1/workloads/01M8BKXHHPAZQSGBQTA3DEZGVK/logs?tail=-1").status == 404)
     }
 
     @Test func jsonFormatCarriesSeqStreamTsAndLine() throws {

@@ -1,0 +1,28 @@
+import Foundation
+import Logging
+import Testing
+import KilnStore
+import KilnTestSupport
+@testable import KilnAPI
+@testable import KilnEngine
+
+/// docs/openapi.yaml validates, and documents exactly the routes the server registers.
+@Suite struct OpenAPITests {
+    @Test func theDocumentValidatesAndMatchesTheRouter() throws {
+        let store = try Store(path: ":memory:")
+        let engine = Engine(store: store, broker: LogBroker(), backends: [],
+                            config: EngineConfig(maxConcurrent: 1, queueLimit: 1, workRoot: NSTemporaryDirectory() + "kiln-openapi"),
+                            logger: Logger(label: "test"))
+        let config = try ServerConfig.resolve(flags: [:], environment: [:])
+        let api = KilnAPI(config: config, engine: engine, logger: Logger(label: "test"), version: "test",
+                          metricsText: { [] }, accessLog: { _ in })
+        let routes = api.routeTable.map { "\($0.method) \($0.template)" }
+        #expect(routes.count == 11)
+        let file = KilnServer.tempDir() + "/routes.txt"
+        try Data((routes.joined(separator: "\n") + "\n").utf8).write(to: URL(fileURLWithPath: file))
+        let (status, out, err) = try Curl.exec("/usr/bin/env", ["python3", "\(KilnServer.packageRoot)/docs/check_openapi.py", file])
+        let text = String(decoding: out + err, as: UTF8.self)
+        #expect(status == 0, "\(text)")
+        #expect(text.contains("openapi: 11 operations, valid"))
+    }
+}
