@@ -8,15 +8,20 @@ enum IsolationServer {
     /// test skips, unless KILN_REQUIRE_BACKENDS=1 (CI on this machine), where it fails.
     static func server(for backend: String) throws -> KilnServer? {
         let s = try KilnServer.start(env: ["KILN_MAX_CONCURRENT": "24"])
+        return try available(s, backend) ? s : nil
+    }
+
+    /// Whether `s` has `backend`; prints why not, or fails under KILN_REQUIRE_BACKENDS=1.
+    static func available(_ s: KilnServer, _ backend: String) throws -> Bool {
         let list = try s.json("GET", "/v1/backends").1["backends"]?.arrayValue ?? []
         guard let b = list.first(where: { $0["name"] == .string(backend) }) else { throw TestFailure("no backend \(backend) listed") }
-        if b["available"] == .bool(true) { return s }
+        if b["available"] == .bool(true) { return true }
         let reason = b["reason"]?.stringValue ?? "no reason given"
         if ProcessInfo.processInfo.environment["KILN_REQUIRE_BACKENDS"] == "1" {
             throw TestFailure("backend \(backend) is unavailable: \(reason)")
         }
         print("SKIPPED: backend \(backend) is unavailable here: \(reason)")
-        return nil
+        return false
     }
 }
 
@@ -276,4 +281,55 @@ final class Listener: @unchecked Sendable {
     var connections: Int { Int((try? String(contentsOfFile: countFile, encoding: .utf8)) ?? "0") ?? 0 }
 
     func stop() { process.terminate() }
+}
+
+/// Lifecycles of what the backends keep outside a single workload.
+@Suite struct BackendLifecycleTests {
+    @Test func gVisorLeftoversOfAKilledServerAreSweptAtTheNextStart() throws {
+        let dir = KilnServer.tempDir()
+        let first = try KilnServer.start(db: "\(dir)/kiln.db")
+        guard try IsolationServer.available(first, "gvisor") else { return }
+        let id = try first.submit(#"{"runtime": "python", "isolation": "gvisor", "code": "import time\nprint('up', flush=True)\ntime.sleep(600)"}"#)
+        var up = false
+        for _ in 0..<500 where !up {
+            up = (try first.json("GET", "/v1/workloads/\(id)/logs/history").1["lines"]?.arrayValue?.count ?? 0) > 0
+            if !up { usleep(20_000) }
+        }
+        #expect(up)
+        let state = "\(dir)/state/gvisor/\(id)"
+        #expect(FileManager.default.fileExists(atPath: state))
+        first.stop(signal: SIGKILL)
+        let second = try KilnServer.start(db: "\(dir)/kiln.db")
+        #expect(!FileManager.default.fileExists(atPath: state))
+        #expect(!processExists(state))
+        let (_, r) = try second.json("GET", "/v1/workloads/\(id)")
+        #expect(r["error"] == .string("server restarted"))
+    }
+
+    @Test func theIsolateHostIsRestartedWhenItDies() throws {
+        let s = try KilnServer.start()
+        guard try IsolationServer.available(s, "isolate") else { return }
+        let body = #"{"runtime": "node", "isolation": "isolate", "code": "export default () => 'ok'"}"#
+        #expect(try s.run(body)["output"] == .string("ok"))
+        // Kill every host process of this server (the supervisor and its executors).
+        let hosts = hostPIDs(containing: "\(URL(fileURLWithPath: s.dbPath).deletingLastPathComponent().path)/state/isolate/host.mjs")
+        #expect(!hosts.isEmpty)
+        for pid in hosts { kill(pid, SIGKILL) }
+        usleep(300_000)
+        var answered = false
+        for _ in 0..<20 where !answered {
+            let r = try s.run(body)
+            answered = r["output"] == .string("ok")
+            if !answered { usleep(200_000) }
+        }
+        #expect(answered)
+    }
+
+    func hostPIDs(containing text: String) -> [Int32] {
+        ((try? FileManager.default.contentsOfDirectory(atPath: "/proc")) ?? []).compactMap { pid -> Int32? in
+            guard let n = Int32(pid), let cmd = try? String(contentsOfFile: "/proc/\(pid)/cmdline", encoding: .utf8),
+                  cmd.contains(text) else { return nil }
+            return n
+        }
+    }
 }
