@@ -40,6 +40,32 @@ struct SandboxSupport: Sendable {
         return (folder, prepared)
     }
 
+    struct Run {
+        var folder: WorkFolder
+        var prepared: ProcessLaunch.Prepared
+        var command: [String]
+    }
+
+    struct Failure: Error {
+        var result: ExecutionResult
+    }
+
+    /// The work folder, the prepared files and the command; or the result that says why not.
+    func prepareRun(_ spec: ExecutionSpec) -> Result<Run, Failure> {
+        let folder: WorkFolder
+        let prepared: ProcessLaunch.Prepared
+        do {
+            (folder, prepared) = try prepareWork(spec)
+        } catch {
+            return .failure(Failure(result: ExecutionResult(exitCode: nil, error: "cannot prepare work folder: \(error)")))
+        }
+        guard let command = command(spec, prepared) else {
+            folder.remove()
+            return .failure(Failure(result: ExecutionResult(exitCode: nil, error: "runtime \(spec.runtime.rawValue) is not installed")))
+        }
+        return .success(Run(folder: folder, prepared: prepared, command: command))
+    }
+
     /// The command inside the sandbox: absolute runtime path, then the runtime's arguments.
     func command(_ spec: ExecutionSpec, _ prepared: ProcessLaunch.Prepared) -> [String]? {
         guard let exe = executables[spec.runtime] else { return nil }
@@ -133,18 +159,14 @@ public struct SandboxBackend: Backend {
     }
 
     public func execute(_ spec: ExecutionSpec, writer: any LogWriter, cancellation: Cancellation) -> ExecutionResult {
-        let folder: WorkFolder
-        let prepared: ProcessLaunch.Prepared
-        do {
-            (folder, prepared) = try support.prepareWork(spec)
-        } catch {
-            return ExecutionResult(exitCode: nil, error: "cannot prepare work folder: \(error)")
+        let run: SandboxSupport.Run
+        switch support.prepareRun(spec) {
+        case .success(let r): run = r
+        case .failure(let failure): return failure.result
         }
-        defer { folder.remove() }
-        guard let command = support.command(spec, prepared) else {
-            return ExecutionResult(exitCode: nil, error: "runtime \(spec.runtime.rawValue) is not installed")
-        }
-        let argv = arguments(spec, work: folder.path, command: command)
+        defer { run.folder.remove() }
+        let (folder, prepared) = (run.folder, run.prepared)
+        let argv = arguments(spec, work: folder.path, command: run.command)
         do {
             let child = try ChildProcess.spawn(SpawnSpec(
                 executable: argv[0], arguments: argv, environment: ["PATH": RuntimeLocator.minimalPath],
@@ -260,17 +282,14 @@ public struct GVisorBackend: Backend {
 
     public func execute(_ spec: ExecutionSpec, writer: any LogWriter, cancellation: Cancellation) -> ExecutionResult {
         guard let runsc else { return ExecutionResult(exitCode: nil, error: "runsc is not installed") }
-        let folder: WorkFolder
-        let prepared: ProcessLaunch.Prepared
-        do {
-            (folder, prepared) = try support.prepareWork(spec)
-        } catch {
-            return ExecutionResult(exitCode: nil, error: "cannot prepare work folder: \(error)")
+        let run: SandboxSupport.Run
+        switch support.prepareRun(spec) {
+        case .success(let r): run = r
+        case .failure(let failure): return failure.result
         }
-        defer { folder.remove() }
-        guard var command = support.command(spec, prepared) else {
-            return ExecutionResult(exitCode: nil, error: "runtime \(spec.runtime.rawValue) is not installed")
-        }
+        defer { run.folder.remove() }
+        let (folder, prepared) = (run.folder, run.prepared)
+        var command = run.command
         if spec.runtime == .python { command = [command[0], "-c", SandboxSupport.pythonLineBuffered] }
         let state = "\(containers)/\(spec.id)"
         let bundle = "\(state)/bundle"
