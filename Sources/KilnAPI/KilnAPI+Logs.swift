@@ -14,12 +14,12 @@ extension KilnAPI {
         }
         var resumeAfter: Int64? = nil
         if let raw = req.header("last-event-id") ?? req.query["last_event_id"] {
-            guard let n = Int64(raw.trimmingCharacters(in: .whitespaces)), n >= 0 else {
-                throw APIError.invalid("last_event_id", "Last-Event-ID must be a whole number of 0 or more")
+            guard let n = Int64(raw.trimmingCharacters(in: .whitespaces)), n >= 0, n <= LogStreamSource.maxSeq else {
+                throw APIError.invalid("last_event_id", "Last-Event-ID must be a whole number from 0 to \(LogStreamSource.maxSeq)")
             }
             resumeAfter = n
         }
-        let tail: Int? = req.query["tail"] == nil ? nil : try Query.int(req, "tail", default: 0, range: 0...Int.max)
+        let tail: Int? = req.query["tail"] == nil ? nil : try Query.int(req, "tail", default: 0, range: 0...Int(LogStreamSource.maxSeq))
 
         // A live log, when there is one; it exists from submission until the end is stored.
         let live = engine.broker.log(id)

@@ -36,6 +36,8 @@ public final class KilnAPI: HTTPResponder, @unchecked Sendable {
     }
 
     public var routeTable: [(method: String, template: String)] { router.table }
+    /// The most text one history page carries (at least one line).
+    static let historyBudget = 4 << 20
 
     /// From now on new submissions get 503.
     public func beginShutdown() { shuttingDownFlag.set() }
@@ -93,6 +95,10 @@ public final class KilnAPI: HTTPResponder, @unchecked Sendable {
                 ("Access-Control-Max-Age", "600"),
             ]))
         }
+        if request.path.hasPrefix("/v1/") || request.path == "/v1",
+           let failure = authenticate(request, allowQueryToken: request.method == "GET" && request.path.hasSuffix("/logs")) {
+            return .now(failure.response)
+        }
         switch router.match(method: request.method, path: request.path) {
         case .notFound:
             return .now(APIError(404, "not_found", "no route for \(request.path)").response)
@@ -100,10 +106,7 @@ public final class KilnAPI: HTTPResponder, @unchecked Sendable {
             let allow = (allowed + (allowed.contains("GET") ? ["HEAD"] : [])).joined(separator: ", ")
             return .now(APIError(405, "method_not_allowed", "\(request.method) is not allowed on \(request.path); allowed: \(allow)",
                                  headers: [("Allow", allow)]).response)
-        case .found(let handler, let params, let template):
-            if template.hasPrefix("/v1/"), let failure = authenticate(request, allowQueryToken: template.hasSuffix("/logs")) {
-                return .now(failure.response)
-            }
+        case .found(let handler, let params, _):
             return handler(request, params)
         }
     }
@@ -129,7 +132,8 @@ public final class KilnAPI: HTTPResponder, @unchecked Sendable {
             ("duration_ms", .double((ms * 1000).rounded() / 1000)),
         ]).text
         accessLog(line)
-        Metrics.Counter(label: "kiln_http_requests_total", dimensions: [("method", request.method), ("route", template), ("status", String(status))]).increment()
+        let method = ["GET", "POST", "DELETE", "HEAD", "OPTIONS", "PUT", "PATCH"].contains(request.method) ? request.method : "other"
+        Metrics.Counter(label: "kiln_http_requests_total", dimensions: [("method", method), ("route", template), ("status", String(status))]).increment()
         Metrics.Timer(label: "kiln_http_request_duration_seconds", dimensions: [("route", template)]).recordNanoseconds(Int64(durationNanos))
     }
 
@@ -227,13 +231,23 @@ public final class KilnAPI: HTTPResponder, @unchecked Sendable {
     }
 
     private func get(_ id: String) throws -> HTTPResponse {
-        .json(200, try record(id).json)
+        var r = try record(id)
+        // While it runs, the line count is the live log's.
+        if !r.status.isTerminal, let live = engine.broker.log(id) { r.logLines = live.lastSeq }
+        return .json(200, r.json)
     }
 
     private func kill(_ id: String) -> HTTPResult {
         let promise = HTTPPromise()
         do throws(EngineError) {
-            try engine.kill(id) { r in promise.resolve(.json(200, r.json)) }
+            try engine.kill(id) { r in
+                // It may have ended on its own while the kill was on its way.
+                if r.status == .killed {
+                    promise.resolve(.json(200, r.json))
+                } else {
+                    promise.resolve(APIError(409, "conflict", "workload \(r.id) is already \(r.status.rawValue)").response)
+                }
+            }
             return .later(promise)
         } catch {
             return .now(engineError(error).response)
@@ -257,7 +271,21 @@ public final class KilnAPI: HTTPResponder, @unchecked Sendable {
         let after = try Query.int(req, "after", default: 0, range: 0...Int.max)
         let limit = try Query.int(req, "limit", default: 1000, range: 1...10_000)
         let r = try record(id)
-        let lines = try store.lines(id, after: Int64(after), limit: limit)
+        // Read in small pages and stop past a few MiB: `next_after` lets the client go on.
+        var lines: [LogLine] = []
+        var bytes = 0
+        var from = Int64(after)
+        pages: while lines.count < limit {
+            let want = min(256, limit - lines.count)
+            let page = try store.lines(id, after: from, limit: want)
+            for l in page {
+                if !lines.isEmpty && bytes >= KilnAPI.historyBudget { break pages }
+                lines.append(l)
+                bytes += l.line.utf8.count + 64
+            }
+            guard page.count == want, let last = page.last else { break }
+            from = last.seq
+        }
         let lastReturned = lines.last?.seq ?? Int64(after)
         let complete = r.status.isTerminal && lastReturned >= r.logLines
         return .json(200, .object([

@@ -9,6 +9,11 @@ import KilnSystem
 /// than one read's worth of bytes plus one line.
 final class LogStreamSource: HTTPStreamSource, @unchecked Sendable {
     enum Format { case text, json }
+    /// Seqs never get near this; it keeps cursor arithmetic far from overflow.
+    static let maxSeq: Int64 = 1 << 53
+    /// Lines taken from the broker or the store per read, at most this many bytes of text
+    /// (plus one line): with the daemon's buffer this bounds a stalled client well under 1 MiB.
+    static let readBudget = 256 * 1024
 
     let id: String
     let store: Store
@@ -84,7 +89,7 @@ final class LogStreamSource: HTTPStreamSource, @unchecked Sendable {
             }
             pending.removeAll(keepingCapacity: true)
             pendingIndex = 0
-            switch nextLines(max: 256) {
+            switch nextLines(max: 512) {
             case .lines(let lines):
                 pending = lines
             case .end(let info, let lastSeq):
@@ -107,9 +112,9 @@ final class LogStreamSource: HTTPStreamSource, @unchecked Sendable {
     /// Lines after the cursor: from the live log when there is one, else from the store.
     private func nextLines(max: Int) -> LogRead {
         if let sub = subscription {
-            return sub.next(max: max)
+            return sub.next(max: max, maxBytes: LogStreamSource.readBudget)
         }
-        let stored = (try? store.lines(id, after: cursor, limit: max)) ?? []
+        let stored = LogBudget.trim((try? store.lines(id, after: cursor, limit: 64)) ?? [], to: LogStreamSource.readBudget)
         if !stored.isEmpty { return .lines(stored) }
         if let r = try? store.get(id), r.status.isTerminal {
             return .end(EndInfo(record: r), lastSeq: Swift.max(cursor, r.logLines))
@@ -121,7 +126,7 @@ final class LogStreamSource: HTTPStreamSource, @unchecked Sendable {
             lock.unlock()
             if let w { sub.setWaker(w) }
             subscription = sub
-            return sub.next(max: max)
+            return sub.next(max: max, maxBytes: LogStreamSource.readBudget)
         }
         // Between the store write and the broker (rare): look again shortly.
         lock.lock()

@@ -57,8 +57,9 @@ public struct ServerConfig: Sendable {
         let db = value("KILN_DB")
         guard !db.isEmpty else { throw ConfigError(description: "invalid KILN_DB (--db): empty path") }
         let token = value("KILN_API_TOKEN")
-        let maxTimeout = try int("KILN_MAX_TIMEOUT_S", min: 1)
-        let defaultTimeout = try int("KILN_DEFAULT_TIMEOUT_S", min: 1)
+        // 30 days: far beyond any workload, and inside every timer the backends use.
+        let maxTimeout = try int("KILN_MAX_TIMEOUT_S", min: 1, max: 2_592_000)
+        let defaultTimeout = try int("KILN_DEFAULT_TIMEOUT_S", min: 1, max: 2_592_000)
         guard defaultTimeout <= maxTimeout else {
             throw ConfigError(description: "invalid KILN_DEFAULT_TIMEOUT_S (--default-timeout-s): \(defaultTimeout) is above KILN_MAX_TIMEOUT_S (\(maxTimeout))")
         }

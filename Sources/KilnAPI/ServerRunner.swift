@@ -16,6 +16,7 @@ public final class ServerRunner: @unchecked Sendable {
     private var engine: Engine?
     private var api: KilnAPI?
     private var signalSources: [DispatchSourceSignal] = []
+    private var workRoot: String?
     private let stopLock = NSLock()
     private var stopping = false
 
@@ -31,12 +32,17 @@ public final class ServerRunner: @unchecked Sendable {
         let files = SystemLimits.raiseOpenFileLimit()
         let store = try Store(path: config.db)
         let broker = LogBroker(history: { id, after, limit in (try? store.lines(id, after: after, limit: limit)) ?? [] })
-        let workRoot = NSTemporaryDirectory() + "kiln-work-\(getpid())"
-        // Sandbox state lives beside the database, so a restarted server finds what a killed
-        // one left; an in-memory database has nothing to come back to.
+        // State and work folders live beside the database, so a restarted server finds and
+        // removes what a killed one left; an in-memory database gets a fresh folder with an
+        // unguessable name (a predictable path in /tmp could be prepared by another user).
         let stateRoot = config.db == ":memory:"
-            ? NSTemporaryDirectory() + "kiln-state-\(getpid())"
+            ? NSTemporaryDirectory() + "kiln-state-\(UUID().uuidString)"
             : URL(fileURLWithPath: config.db).deletingLastPathComponent().path + "/state"
+        let workRoot = stateRoot + "/work"
+        try? FileManager.default.removeItem(atPath: workRoot)
+        try FileManager.default.createDirectory(atPath: workRoot, withIntermediateDirectories: true,
+                                                attributes: [.posixPermissions: 0o755])
+        self.workRoot = workRoot
         let backends: [any Backend] = [
             ProcessBackend(workRoot: workRoot),
             SandboxBackend(stateRoot: stateRoot, workRoot: workRoot),
@@ -49,7 +55,7 @@ public final class ServerRunner: @unchecked Sendable {
         try engine.recover()
         let out = FileHandle.standardOutput
         let api = KilnAPI(config: config, engine: engine, logger: logger, version: ServerRunner.version,
-                          metricsText: metricsText, accessLog: { line in out.write(Data((line + "\n").utf8)) })
+                          metricsText: metricsText, accessLog: { line in try? out.write(contentsOf: Data((line + "\n").utf8)) })
         let server = HTTPServer(options: .init(host: config.host, port: config.port, maxBodyBytes: config.maxBodyBytes,
                                                connectionLimit: max(64, files - 256)),
                                 responder: api)
@@ -58,7 +64,7 @@ public final class ServerRunner: @unchecked Sendable {
         self.engine = engine
         self.api = api
         let shownHost = config.host.contains(":") ? "[\(config.host)]" : config.host
-        out.write(Data("kiln \(ServerRunner.version) listening on http://\(shownHost):\(server.boundPort)\n".utf8))
+        try? out.write(contentsOf: Data("kiln \(ServerRunner.version) listening on http://\(shownHost):\(server.boundPort)\n".utf8))
         for sig in [SIGTERM, SIGINT] {
             signal(sig, SIG_IGN)
             let source = DispatchSource.makeSignalSource(signal: sig, queue: DispatchQueue(label: "kiln.signals"))
@@ -87,6 +93,7 @@ public final class ServerRunner: @unchecked Sendable {
         let deadline = Date().addingTimeInterval(1.5)
         while (api?.subscribers.value ?? 0) > 0 && Date() < deadline { usleep(20_000) }
         server?.stop()
+        if let workRoot { try? FileManager.default.removeItem(atPath: workRoot) }
         logger.notice("stopped")
         exit(0)
     }

@@ -31,6 +31,8 @@ public struct ExecutionResult: Sendable {
     /// The output value, for backends that return one (isolate); process backends leave it
     /// nil and their stdout becomes the output.
     public var output: JSON?
+    /// The output was cut at 1 MiB (then it is a string of the JSON text's first MiB).
+    public var outputTruncated = false
 
     public init(exitCode: Int?, timedOut: Bool = false, cancelled: Bool = false, error: String? = nil, output: JSON? = nil) {
         self.exitCode = exitCode

@@ -170,6 +170,12 @@ public final class Engine: @unchecked Sendable {
 
         lock.lock()
         reserved -= 1
+        if shuttingDown {
+            // Shutdown began while the record was being stored: end it like the queued ones.
+            lock.unlock()
+            finishUnstarted(job, status: .failed, error: "server shutdown")
+            return record
+        }
         jobs[record.id] = job
         var start = false
         if runningCount < config.maxConcurrent && queue.isEmpty {
@@ -280,7 +286,7 @@ public final class Engine: @unchecked Sendable {
         writer.finish()
         let finished = Millis.now()
         let (status, error) = Engine.outcome(result, cancel: job.cancellation.reason)
-        let output = result.output.map { ($0.text, false) } ?? OutputCapture.value(of: writer.stdout, truncated: writer.stdoutTruncated)
+        let output = result.output.map { ($0.text, result.outputTruncated) } ?? OutputCapture.value(of: writer.stdout, truncated: writer.stdoutTruncated)
         let lines = writer.lastSeq
         let backendName = job.backend.name.rawValue
         writerQueue.async { [self] in
@@ -295,8 +301,12 @@ public final class Engine: @unchecked Sendable {
                     r.finishedAt = finished
                     r.durationMs = finished - started
                 }
-            } catch {
-                logger.error("cannot store the end of workload \(id): \(error)")
+            } catch let storeError {
+                // Still release the job, its live log and whoever waits for it.
+                logger.error("cannot store the end of workload \(id): \(storeError)")
+                complete(job, (try? store.get(id)) ?? WorkloadRecord(
+                    id: id, status: status, runtime: job.spec.runtime, isolation: .auto, isolationUsed: job.backend.name,
+                    exitCode: result.exitCode, error: error, resources: job.spec.resources, logLines: lines, createdAt: started))
                 return
             }
             Metrics.Counter(label: "kiln_workloads_total", dimensions: [("status", status.rawValue), ("backend", backendName)]).increment()

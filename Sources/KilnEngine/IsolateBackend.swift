@@ -166,7 +166,7 @@ final class IsolateHost: @unchecked Sendable {
         let input = (try? JSON.parse(spec.inputJSON)) ?? .null
         let message = JSON.object([
             ("type", .string("run")), ("id", .string(spec.id)), ("code", .string(spec.code)), ("input", input),
-            ("mem_mb", .int(Int64(spec.resources.memMB))), ("timeout_ms", .int(Int64(spec.resources.timeoutS) * 1000)),
+            ("mem_mb", .int(Int64(spec.resources.memMB))), ("timeout_ms", .int(Int64(min(spec.resources.timeoutS, 2_000_000)) * 1000)),
         ])
         guard host.writeStdin(message.encoded() + [0x0A]) else {
             lock.lock()
@@ -189,7 +189,7 @@ final class IsolateHost: @unchecked Sendable {
                     let text = output.text
                     if text.utf8.count > OutputCapture.limit {
                         result.output = .string(String(decoding: Array(text.utf8.prefix(OutputCapture.limit)), as: UTF8.self))
-                        result.error = result.error ?? "output is larger than 1 MiB"
+                        result.outputTruncated = true
                     }
                 }
                 return result

@@ -36,7 +36,8 @@ public struct LineSplitter: Sendable {
         if start != chunk.endIndex {
             pending.append(contentsOf: chunk[start..<chunk.endIndex])
             // A line with no LF in sight: send what fits, cut at a character boundary.
-            while pending.count > maxLineBytes {
+            // A full-length line whose only extra byte is a CR waits: it may be the CR of CR LF.
+            while pending.count > maxLineBytes && !(pending.count == maxLineBytes + 1 && pending.last == 0x0D) {
                 var cut = maxLineBytes
                 var back = 0
                 while back < 3, cut > 0, pending[cut] & 0xC0 == 0x80 { cut -= 1; back += 1 }

@@ -13,6 +13,20 @@ public enum LogRead: Sendable {
 /// Reads stored lines for a subscriber that fell behind the in-memory window.
 public typealias LogHistory = @Sendable (_ workloadID: String, _ after: Int64, _ limit: Int) -> [LogLine]
 
+/// Keeps a batch of lines within a byte budget (always at least one line).
+public enum LogBudget {
+    public static func trim(_ lines: [LogLine], to bytes: Int) -> [LogLine] {
+        var total = 0
+        var n = 0
+        for l in lines {
+            total += l.line.utf8.count + 32
+            n += 1
+            if total >= bytes { break }
+        }
+        return n == lines.count ? lines : Array(lines.prefix(n))
+    }
+}
+
 /// One ordered log per live workload, numbered by seq, with a cursor per subscriber.
 ///
 /// Publishing never blocks on a subscriber: it appends to the workload's window and
@@ -26,11 +40,15 @@ public final class LogBroker: @unchecked Sendable {
     private let history: LogHistory?
     let windowLines: Int
 
+    let windowBytes: Int
+
     /// - Parameters:
     ///   - windowLines: persisted lines kept in memory per workload for fast readers.
+    ///   - windowBytes: and at most this many bytes of them.
     ///   - history: where lines older than the window are read from.
-    public init(windowLines: Int = 8192, history: LogHistory? = nil) {
+    public init(windowLines: Int = 8192, windowBytes: Int = 8 << 20, history: LogHistory? = nil) {
         self.windowLines = max(1, windowLines)
+        self.windowBytes = max(1, windowBytes)
         self.history = history
     }
 
@@ -40,7 +58,7 @@ public final class LogBroker: @unchecked Sendable {
         lock.lock()
         defer { lock.unlock() }
         if let log = logs[id] { return log }
-        let log = WorkloadLog(id: id, windowLines: windowLines, history: history)
+        let log = WorkloadLog(id: id, windowLines: windowLines, windowBytes: windowBytes, history: history)
         logs[id] = log
         return log
     }
@@ -122,14 +140,19 @@ public final class WorkloadLog: @unchecked Sendable {
     private var persisted: Int64 = 0
     private var end: EndInfo?
     private var waiters: [ObjectIdentifier: @Sendable () -> Void] = [:]
+    private var liveBytes = 0
     private let windowLines: Int
+    private let windowBytes: Int
     let history: LogHistory?
 
-    init(id: String, windowLines: Int, history: LogHistory?) {
+    init(id: String, windowLines: Int, windowBytes: Int, history: LogHistory?) {
         self.id = id
         self.windowLines = windowLines
+        self.windowBytes = windowBytes
         self.history = history
     }
+
+    private static func size(_ l: LogLine) -> Int { l.line.utf8.count + 64 }
 
     public var lastSeq: Int64 {
         lock.lock()
@@ -142,6 +165,7 @@ public final class WorkloadLog: @unchecked Sendable {
         lock.lock()
         if end != nil { lock.unlock(); return }
         window.append(contentsOf: lines)
+        for l in lines { liveBytes += WorkloadLog.size(l) }
         lastSeqValue = lines.last!.seq
         trim()
         let toWake = waiters
@@ -157,15 +181,17 @@ public final class WorkloadLog: @unchecked Sendable {
         lock.unlock()
     }
 
-    /// Drops persisted lines beyond the window size. Unpersisted lines always stay. Caller holds `lock`.
+    /// Drops persisted lines beyond the window (in lines or bytes). Unpersisted lines always
+    /// stay. Evicted lines are freed soon (amortized compaction). Caller holds `lock`.
     private func trim() {
         guard history != nil else { return }
         var live = window.count - head
-        while live > windowLines, head < window.count, window[head].seq <= persisted {
+        while (live > windowLines || liveBytes > windowBytes), head < window.count, window[head].seq <= persisted {
+            liveBytes -= WorkloadLog.size(window[head])
             head += 1
             live -= 1
         }
-        if head > 4096 && head * 2 > window.count {
+        if head >= 64 && head * 2 > window.count {
             window.removeFirst(head)
             head = 0
         }
@@ -181,22 +207,30 @@ public final class WorkloadLog: @unchecked Sendable {
         for wake in toWake.values { wake() }
     }
 
-    /// Lines after `cursor`, up to `max`; registers `waiter` when there are none.
-    func read(after cursor: Int64, max: Int, waiter: ObjectIdentifier, wake: (@Sendable () -> Void)?) -> LogRead {
+    /// Lines after `cursor`, up to `max` and about `maxBytes`; registers `waiter` when there are none.
+    func read(after cursor: Int64, max: Int, maxBytes: Int, waiter: ObjectIdentifier, wake: (@Sendable () -> Void)?) -> LogRead {
         lock.lock()
         let firstInWindow = head < window.count ? window[head].seq : lastSeqValue + 1
-        if cursor + 1 < firstInWindow, let history {
+        if cursor < firstInWindow - 1, let history {
             lock.unlock()
             // Behind the window: these lines are persisted.
-            let lines = history(id, cursor, min(max, Int(firstInWindow - cursor - 1)))
-            if !lines.isEmpty { return .lines(lines) }
-            lock.lock()
+            let lines = history(id, cursor, Swift.min(max, 64, Int(firstInWindow - 1 - cursor)))
+            if !lines.isEmpty { return .lines(LogBudget.trim(lines, to: maxBytes)) }
+            // The store did not answer: never skip ahead to the window; try again later.
+            if let wake { DispatchQueue.global().asyncAfter(deadline: .now() + .milliseconds(50)) { wake() } }
+            return .wait
         }
         if cursor < lastSeqValue, head < window.count {
             // Seqs in the window are contiguous: index arithmetic finds the cursor.
-            let start = head + Int(Swift.max(0, cursor + 1 - window[head].seq))
+            let offset = cursor < window[head].seq ? 0 : Int(cursor - window[head].seq + 1)
+            let start = head + offset
             if start < window.count {
-                let stop = Swift.min(window.count, start + max)
+                var stop = start
+                var bytes = 0
+                while stop < window.count && stop - start < max && bytes < maxBytes {
+                    bytes += WorkloadLog.size(window[stop])
+                    stop += 1
+                }
                 let lines = Array(window[start..<stop])
                 lock.unlock()
                 return .lines(lines)
@@ -246,11 +280,11 @@ public final class LogSubscription: @unchecked Sendable {
         lock.unlock()
     }
 
-    public func next(max: Int = 512) -> LogRead {
+    public func next(max: Int = 512, maxBytes: Int = 1 << 20) -> LogRead {
         lock.lock()
         let wake = cancelled ? nil : waker
         lock.unlock()
-        let result = log.read(after: cursor, max: max, waiter: ObjectIdentifier(self), wake: wake)
+        let result = log.read(after: cursor, max: max, maxBytes: maxBytes, waiter: ObjectIdentifier(self), wake: wake)
         if case .lines(let lines) = result, let last = lines.last { cursor = last.seq }
         return result
     }

@@ -42,6 +42,12 @@ import Testing
         #expect(parts.count == 4)
     }
 
+    @Test func aCRLFAtTheSplitPointMakesNoEmptyLine() {
+        let body = String(repeating: "y", count: 63)
+        // 64 bytes then CR in one read, LF in the next: the CR belongs to the line end.
+        #expect(split([Array((body + "z\r").utf8), Array("\nnext\n".utf8)], max: 64) == [body + "z", "next"])
+    }
+
     @Test func splitsA64KiBLineIntoSeveral() {
         let line = String(repeating: "x", count: 150_000)
         let parts = split([Array(line.utf8)])

@@ -113,6 +113,32 @@ import KilnCore
         #expect(ls.map(\.seq) == [5, 6, 7, 8, 9, 10])
     }
 
+    @Test func readsStayWithinTheirByteBudget() {
+        let broker = LogBroker()
+        broker.open("w")
+        let big = String(repeating: "x", count: 64 * 1024)
+        broker.publish("w", (1...100).map { line(Int64($0), big) })
+        let sub = broker.subscription("w", after: 0)!
+        guard case .lines(let ls) = sub.next(max: 512, maxBytes: 256 * 1024) else { Issue.record("expected lines"); return }
+        #expect(ls.count == 4)
+        #expect(ls.map(\.seq) == [1, 2, 3, 4])
+    }
+
+    @Test func theWindowIsBoundedInBytes() {
+        let stored = (1...200).map { line(Int64($0), String(repeating: "y", count: 64 * 1024)) }
+        let broker = LogBroker(windowLines: 10_000, windowBytes: 1 << 20) { _, after, limit in
+            Array(stored.filter { $0.seq > after }.prefix(limit))
+        }
+        broker.open("w")
+        broker.publish("w", stored)
+        broker.markPersisted("w", upTo: 200)
+        // Early lines left memory, and still come back in order from the store.
+        let sub = broker.subscription("w", after: 0)!
+        var got: [Int64] = []
+        while case .lines(let ls) = sub.next(max: 50, maxBytes: 1 << 20) { got += ls.map(\.seq) }
+        #expect(got == (1...200).map { Int64($0) })
+    }
+
     @Test func endCarriesTheLastSeq() {
         let broker = LogBroker()
         broker.open("w")

@@ -170,6 +170,47 @@ import KilnTestSupport
         }
     }
 
+    @Test func historyPagesStopAtAFewMiB() throws {
+        let s = try KilnServer.start()
+        let r = try s.run(#"{"runtime": "python", "isolation": "process", "code": "for i in range(100): print(str(i % 10) * 60000)"}"#)
+        let id = r["id"]!.stringValue!
+        let (_, page) = try s.json("GET", "/v1/workloads/\(id)/logs/history?limit=10000")
+        let count = page["lines"]?.arrayValue?.count ?? 0
+        #expect(count > 0 && count < 100)
+        #expect(page["complete"] == .bool(false))
+        let next = try #require(page["next_after"]?.int64Value)
+        #expect(next == Int64(count))
+        let (_, rest) = try s.json("GET", "/v1/workloads/\(id)/logs/history?after=\(next)&limit=10000")
+        #expect((rest["lines"]?.arrayValue?.count ?? 0) == 100 - count)
+        #expect(rest["complete"] == .bool(true))
+    }
+
+    @Test func aVanishedStdoutReaderDoesNotStopTheServer() throws {
+        let p = Process()
+        p.executableURL = URL(fileURLWithPath: KilnServer.binary)
+        p.arguments = ["serve", "--listen", "127.0.0.1:0", "--db", ":memory:"]
+        let pipe = Pipe()
+        p.standardOutput = pipe
+        p.standardError = FileHandle.nullDevice
+        try p.run()
+        defer { if p.isRunning { p.terminate() } }
+        var first = [UInt8]()
+        while true {
+            let b = pipe.fileHandleForReading.readData(ofLength: 1)
+            if b.isEmpty || b.first == 0x0A { break }
+            first += b
+        }
+        let port = String(decoding: first, as: UTF8.self).split(separator: ":").last.map(String.init) ?? ""
+        // Like `kiln serve | head -1`: the reader goes away after the first line.
+        try pipe.fileHandleForReading.close()
+        for _ in 0..<5 {
+            _ = try? Curl.run(["-sS", "--max-time", "5"], url: "http://127.0.0.1:\(port)/healthz")
+        }
+        let reply = try Curl.run(["-sS", "--max-time", "5"], url: "http://127.0.0.1:\(port)/healthz")
+        #expect(reply.status == 200)
+        #expect(p.isRunning)
+    }
+
     @Test func historyPaginatesAndSaysWhenComplete() throws {
         let s = try KilnServer.start()
         let r = try s.run(#"{"runtime": "shell", "code": "i=1; while [ $i -le 25 ]; do echo line $i; i=$((i+1)); done; echo err >&2"}"#)
@@ -307,6 +348,9 @@ import KilnTestSupport
         #expect(try s.request("GET", "/v1/workloads", headers: ["Authorization": "Bearer wrong"], auth: false).status == 401)
         #expect(try s.request("GET", "/v1/workloads", headers: ["Authorization": "Bearer \(token)x"], auth: false).status == 401)
         #expect(try s.request("GET", "/v1/workloads").status == 200)
+        // Unknown /v1 paths and methods are 401 too without a token: nothing is revealed.
+        #expect(try s.request("GET", "/v1/nothing", auth: false).status == 401)
+        #expect(try s.request("PUT", "/v1/workloads", auth: false).status == 401)
         // The query token is for the log stream only.
         #expect(try s.request("GET", "/v1/workloads?access_token=\(token)", auth: false).status == 401)
     }
@@ -382,6 +426,7 @@ import KilnTestSupport
         (["--queue-limit", "many"], "KILN_QUEUE_LIMIT"),
         (["--default-timeout-s", "100", "--max-timeout-s", "10"], "KILN_DEFAULT_TIMEOUT_S"),
         (["--log-level", "loud"], "KILN_LOG_LEVEL"),
+        (["--max-timeout-s", "100000000000"], "KILN_MAX_TIMEOUT_S"),
         (["--listen", "256.1.1.1:80"], "listen"),
     ])
     func invalidConfigurationStopsWithExitCode2(_ args: [String], _ mentions: String) throws {

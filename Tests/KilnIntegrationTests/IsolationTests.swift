@@ -226,6 +226,14 @@ enum IsolationServer {
         #expect(try run(s, "export default () => 'alive'")["output"] == .string("alive"))
     }
 
+    @Test func outputOver1MiBIsTruncatedAndFlagged() throws {
+        guard let s = try IsolationServer.server(for: "isolate") else { return }
+        let r = try run(s, "export default () => 'x'.repeat(2 * 1024 * 1024)")
+        #expect(r["status"] == .string("completed"))
+        #expect(r["output_truncated"] == .bool(true))
+        #expect((r["output"]?.stringValue?.utf8.count ?? 0) == 1 << 20)
+    }
+
     @Test func killMakesItKilled() throws {
         guard let s = try IsolationServer.server(for: "isolate") else { return }
         let id = try s.submit(#"{"runtime": "node", "isolation": "isolate", "code": "export default async () => { console.log('waiting'); await new Promise(r => setTimeout(r, 60000)) }"}"#)

@@ -57,6 +57,8 @@ import KilnTestSupport
         let id = try s.submit(#"{"runtime": "shell", "code": "echo early; sleep 1.5; echo late"}"#)
         // Wait until the early line is stored.
         while try s.json("GET", "/v1/workloads/\(id)/logs/history").1["lines"]?.arrayValue?.isEmpty != false { usleep(20_000) }
+        // The record counts live lines while it runs.
+        #expect(try s.json("GET", "/v1/workloads/\(id)").1["log_lines"] == .int(1))
         let c = try SSEClient.first("\(s.baseURL)/v1/workloads/\(id)/logs?tail=0")
         #expect(c.eventLines == ["late"])
         #expect(c.eventIDs == [2])
@@ -102,6 +104,10 @@ import KilnTestSupport
         let rest = try SSEClient.first("\(s.baseURL)/v1/workloads/\(id)/logs", ["--header", "Last-Event-ID: 2"])
         #expect(rest.eventIDs == [3, 4])
         #expect(try s.request("GET", "/v1/workloads/\(id)/logs", headers: ["Last-Event-ID": "x"]).status == 422)
+        // Far beyond any seq: refused, and the server stays up.
+        let live = try s.submit(#"{"runtime": "shell", "isolation": "process", "code": "sleep 2"}"#)
+        #expect(try s.request("GET", "/v1/workloads/\(live)/logs", headers: ["Last-Event-ID": "9223372036854775807"]).status == 422)
+        #expect(try s.request("GET", "/healthz").status == 200)
     }
 
     @Test func unknownWorkloadIs404JSON() throws {
