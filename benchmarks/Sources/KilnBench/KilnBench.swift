@@ -1,0 +1,210 @@
+import ArgumentParser
+import Foundation
+
+@main
+struct KilnBenchCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "kiln-bench",
+        abstract: "Kiln's benchmarks: SSE fan-out (B1), idle streams (B2), throughput (B3), log ingest (B4).",
+        subcommands: [RunCommand.self, SSEWorkerCommand.self],
+        defaultSubcommand: RunCommand.self
+    )
+}
+
+struct RunCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "run",
+        abstract: "Start a Kiln server per benchmark, run the chosen benchmarks, print a table, write JSON."
+    )
+
+    @Argument(help: "Benchmarks to run: b1 b2 b3 b4, or all.")
+    var benchmarks: [String] = ["all"]
+
+    @Option(help: "The kiln binary (default: ../.build/release/kiln from the benchmarks folder, else debug).")
+    var kiln: String?
+
+    @Option(help: "Results file (default: <benchmarks>/results/latest.json).")
+    var out: String?
+
+    @Flag(help: "Small sizes, to check that everything works (a minute or two).")
+    var quick = false
+
+    @Option(help: "B1 cases, comma-separated, each s<subscribers>-r<lines per second|max>; the issue's: s1000-r1000,s10000-r100,s1000-rmax.")
+    var b1Cases = "s1000-r1000,s10000-r100,s1000-rmax"
+
+    @Option(help: "B1: seconds of printing for the paced cases.")
+    var b1Seconds = 10.0
+
+    @Option(help: "B1: lines printed in the R=max case.")
+    var b1MaxLines = 20_000
+
+    @Option(help: "B2: idle streams.")
+    var b2Streams = 19_000
+
+    @Option(help: "B2: seconds to hold them.")
+    var b2Hold = 30.0
+
+    @Option(help: "B2: KILN_HEARTBEAT_S for the server.")
+    var b2Heartbeat = 5
+
+    @Option(help: "B3: runs at concurrency 1.")
+    var b3Runs1 = 500
+
+    @Option(help: "B3: runs at concurrency 16.")
+    var b3Runs16 = 2_000
+
+    @Option(help: "B4: lines the workload prints.")
+    var b4Lines = 1_000_000
+
+    @Option(help: "Before each benchmark, wait up to this many seconds for the machine to be idle (other work skews figures).")
+    var waitIdle = 120.0
+
+    @Option(help: "Subscribers per worker process (each stream is one fd; the per-process limit is 20,000).")
+    var perProcess = 9_500
+
+    @Option(help: "Event loop threads per worker process (default: 2 with one worker, else 1).")
+    var loops: Int?
+
+    func run() throws {
+        raiseOpenFileLimit()
+        signal(SIGPIPE, SIG_IGN)
+        installInterruptHandler()
+        let benchDir = findBenchmarksDir()
+        var cfg = BenchConfig()
+        cfg.kiln = try kiln ?? findKiln(benchDir)
+        cfg.quick = quick
+        cfg.b1Cases = b1Cases.split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces) }
+        cfg.b1Seconds = b1Seconds
+        cfg.b1MaxLines = b1MaxLines
+        cfg.b2Streams = b2Streams
+        cfg.b2HoldSeconds = b2Hold
+        cfg.b2Heartbeat = b2Heartbeat
+        cfg.b3Runs1 = b3Runs1
+        cfg.b3Runs16 = b3Runs16
+        cfg.b4Lines = b4Lines
+        cfg.perProcess = perProcess
+        cfg.loops = loops
+        cfg.waitIdle = waitIdle
+        var chosen = Set(benchmarks.map { $0.lowercased() })
+        if chosen.contains("all") { chosen = ["b1", "b2", "b3", "b4"] }
+        let unknown = chosen.subtracting(["b1", "b2", "b3", "b4"])
+        if !unknown.isEmpty { throw ValidationError("unknown benchmarks: \(unknown.sorted().joined(separator: ", "))") }
+        log("kiln binary: \(cfg.kiln)\(quick ? " (quick sizes)" : "")")
+
+        let bench = Bench(cfg)
+        let started = Date()
+        let loadBefore = loadAverage()
+        var cases: [CaseResult] = []
+        for b in ["b1", "b2", "b3", "b4"] where chosen.contains(b) {
+            let busy = waitIdle > 0 ? waitForQuietMachine(maxSeconds: waitIdle) : machineBusy(over: 1)
+            let a = machineTicks()
+            let t0 = monoNs()
+            var got: [CaseResult]
+            switch b {
+            case "b1": got = bench.b1()
+            case "b2": got = bench.b2()
+            case "b3": got = bench.b3()
+            default: got = bench.b4()
+            }
+            let z = machineTicks()
+            let machineCPU = Double(z.busy - a.busy) / Double(sysconf(Int32(_SC_CLK_TCK)))
+            for i in got.indices {
+                got[i].details.append(("machine_busy_before", .num(busy)))
+                got[i].details.append(("machine_cpu_s_during_benchmark", .num(machineCPU)))
+                got[i].details.append(("benchmark_wall_s", .num(Double(monoNs() - t0) / 1e9)))
+            }
+            if busy > 0.25 { log(String(format: "warning: the machine was %.0f%% busy before %@", busy * 100, b)) }
+            cases += got
+        }
+        print("")
+        printTable(cases)
+
+        let iso = ISO8601DateFormatter()
+        var uts = utsname()
+        uname(&uts)
+        let kernel = withUnsafeBytes(of: &uts.release) { String(decoding: $0.prefix { $0 != 0 }, as: UTF8.self) }
+        let doc: JV = .obj([
+            ("tool", .str("kiln-bench")),
+            ("started_at", .str(iso.string(from: started))),
+            ("finished_at", .str(iso.string(from: Date()))),
+            ("quick", .bool(quick)),
+            ("machine", .obj([("cores", .int(ProcessInfo.processInfo.activeProcessorCount)),
+                              ("memory_gib", .num(Double(ProcessInfo.processInfo.physicalMemory) / 1_073_741_824)),
+                              ("kernel", .str(kernel)),
+                              ("loadavg_before", .str(loadBefore)), ("loadavg_after", .str(loadAverage()))])),
+            ("kiln_binary", .str(cfg.kiln)),
+            ("benchmarks", .arr(chosen.sorted().map { .str($0) })),
+            ("cases", .arr(cases.map { $0.json })),
+        ])
+        let outPath = out ?? benchDir + "/results/latest.json"
+        try FileManager.default.createDirectory(atPath: (outPath as NSString).deletingLastPathComponent,
+                                                withIntermediateDirectories: true)
+        try (doc.render() + "\n").write(toFile: outPath, atomically: true, encoding: .utf8)
+        print("\nresults written to \(outPath)")
+        let missed = cases.filter { c in c.error != nil || c.metrics.contains { $0.met == false } }
+        if !missed.isEmpty {
+            print("targets missed in: " + missed.map { "\($0.benchmark) \($0.name)" }.joined(separator: "; "))
+        }
+    }
+
+    /// /proc/loadavg's first three figures: other work on the machine skews the figures.
+    func loadAverage() -> String {
+        let s = (try? String(contentsOfFile: "/proc/loadavg", encoding: .utf8)) ?? ""
+        return s.split(separator: " ").prefix(3).joined(separator: " ")
+    }
+
+    /// The benchmarks folder: the one holding this package (walk up from the executable).
+    func findBenchmarksDir() -> String {
+        var dir = (selfExecutable() as NSString).deletingLastPathComponent
+        for _ in 0..<6 {
+            if FileManager.default.fileExists(atPath: dir + "/Package.swift"),
+               FileManager.default.fileExists(atPath: dir + "/Sources/KilnBench") { return dir }
+            dir = (dir as NSString).deletingLastPathComponent
+        }
+        return FileManager.default.currentDirectoryPath
+    }
+
+    func findKiln(_ benchDir: String) throws -> String {
+        if let env = ProcessInfo.processInfo.environment["KILN_BIN"] { return env }
+        let root = (benchDir as NSString).deletingLastPathComponent
+        for p in [root + "/.build/release/kiln", root + "/.build/debug/kiln"]
+        where FileManager.default.isExecutableFile(atPath: p) {
+            return p
+        }
+        throw ValidationError("no kiln binary under \(root)/.build; build the server first or pass --kiln")
+    }
+}
+
+struct SSEWorkerCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "sse-worker",
+        abstract: "(internal) Hold SSE streams in this process; driven by `run` through stdin and stdout."
+    )
+
+    @Option var host = "127.0.0.1"
+    @Option var port: Int
+    @Option var path: String
+    @Option var count: Int
+    @Option var mode: String
+    @Option var expectedLines = 0
+    @Option var loops = 1
+    @Option var deadline = 300.0
+    @Option var connectConcurrency = 256
+
+    func run() throws {
+        signal(SIGPIPE, SIG_IGN)
+        guard let m = SSEMode(rawValue: mode) else { throw ValidationError("mode: fanout, ingest or idle") }
+        guard host.hasPrefix("127.") || host == "localhost" else { throw ValidationError("loopback addresses only") }
+        var o = SSEWorkerOptions()
+        o.host = host
+        o.port = port
+        o.path = path
+        o.count = count
+        o.mode = m
+        o.expectedLines = expectedLines
+        o.loops = loops
+        o.deadlineSeconds = deadline
+        o.connectConcurrency = connectConcurrency
+        SSEWorker(o).run()
+    }
+}
