@@ -173,7 +173,9 @@ public struct SandboxBackend: Backend {
                 workingDirectory: folder.path, stdinPath: prepared.stdinPath,
                 memoryLimitBytes: prepared.rlimitMemory ? spec.resources.memMB << 20 : nil,
                 cpuLimitSeconds: spec.resources.timeoutS * max(1, spec.resources.cpus) + 1,
-                usePIDNamespace: ChildProcess.pidNamespacesWork))
+                // bwrap makes its own PID namespace (and dies with Kiln through --die-with-parent);
+                // inside one of Kiln's it would look its child up in a /proc of another namespace.
+                usePIDNamespace: false))
             return ProcessLaunch.drive(child, spec: spec, writer: writer, cancellation: cancellation)
         } catch {
             return ExecutionResult(exitCode: nil, error: "cannot start the sandbox: \(error)")
