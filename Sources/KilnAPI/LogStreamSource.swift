@@ -166,17 +166,24 @@ final class LogStreamSource: HTTPStreamSource, @unchecked Sendable {
     }
 }
 
-/// Wakes every open stream each heartbeat interval, so idle streams send a keep-alive
-/// comment and streams whose client vanished are found and freed.
+/// Wakes every open stream once per heartbeat interval, so idle streams send a keep-alive
+/// comment and streams whose client vanished are found and freed. The streams are spread
+/// over ten slots a tenth of the interval apart: waking 19,000 at one instant stalls the
+/// daemon threads for everything else.
 final class HeartbeatHub: @unchecked Sendable {
+    static let slots = 10
     // Guarded by `lock`.
     private let lock = NSLock()
-    private var sources: [ObjectIdentifier: LogStreamSource] = [:]
+    private var sources: [[ObjectIdentifier: LogStreamSource]] = Array(repeating: [:], count: HeartbeatHub.slots)
+    private var slotOf: [ObjectIdentifier: Int] = [:]
+    private var nextSlot = 0
+    private var tick = 0
     private let timer: DispatchSourceTimer
 
     init(intervalSeconds: Int) {
+        let step = max(1, intervalSeconds * 1000 / HeartbeatHub.slots)
         timer = DispatchSource.makeTimerSource(queue: DispatchQueue(label: "kiln.heartbeat"))
-        timer.schedule(deadline: .now() + .seconds(intervalSeconds), repeating: .seconds(intervalSeconds), leeway: .milliseconds(100))
+        timer.schedule(deadline: .now() + .milliseconds(step), repeating: .milliseconds(step), leeway: .milliseconds(20))
         timer.setEventHandler { [weak self] in self?.beat() }
         timer.resume()
     }
@@ -185,20 +192,26 @@ final class HeartbeatHub: @unchecked Sendable {
 
     func add(_ s: LogStreamSource) {
         lock.lock()
-        sources[ObjectIdentifier(s)] = s
+        let slot = nextSlot
+        nextSlot = (nextSlot + 1) % HeartbeatHub.slots
+        sources[slot][ObjectIdentifier(s)] = s
+        slotOf[ObjectIdentifier(s)] = slot
         lock.unlock()
     }
 
     func remove(_ s: LogStreamSource) {
         lock.lock()
-        sources[ObjectIdentifier(s)] = nil
+        if let slot = slotOf.removeValue(forKey: ObjectIdentifier(s)) {
+            sources[slot][ObjectIdentifier(s)] = nil
+        }
         lock.unlock()
     }
 
     private func beat() {
         lock.lock()
-        let all = Array(sources.values)
+        let due = Array(sources[tick].values)
+        tick = (tick + 1) % HeartbeatHub.slots
         lock.unlock()
-        for s in all { s.heartbeat() }
+        for s in due { s.heartbeat() }
     }
 }
