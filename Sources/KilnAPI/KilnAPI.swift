@@ -120,9 +120,11 @@ public final class KilnAPI: HTTPResponder, @unchecked Sendable {
 
     public func completed(_ request: HTTPRequest, status: Int, durationNanos: UInt64) {
         let ms = Double(durationNanos) / 1_000_000
-        var template = "unmatched"
-        if case .found(_, _, let t) = router.match(method: request.method, path: request.path) { template = t }
-        if case .methodNotAllowed(_, let t) = router.match(method: request.method, path: request.path) { template = t }
+        let template: String
+        switch router.match(method: request.method, path: request.path) {
+        case .found(_, _, let t), .methodNotAllowed(_, let t): template = t
+        case .notFound: template = "unmatched"
+        }
         let line = JSON.object([
             ("time", .string(Millis.rfc3339(Millis.now()))),
             ("request_id", .string(request.requestID)),

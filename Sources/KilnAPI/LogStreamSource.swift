@@ -27,7 +27,6 @@ final class LogStreamSource: HTTPStreamSource, @unchecked Sendable {
     private var pending: [LogLine] = []
     private var pendingIndex = 0
     private var ended = false
-    private var retryLive = true
     // Guarded by `lock`: shared with the heartbeat and waker threads.
     private let lock = NSLock()
     private var waker: (@Sendable () -> Void)?

@@ -61,7 +61,7 @@ final class IsolateHost: @unchecked Sendable {
         guard nodePath != nil else { return "node is not installed in \(RuntimeLocator.minimalPath)" }
         let spec = ExecutionSpec(id: "probe-\(UUID().uuidString)", runtime: .node, code: "export default (x) => x + 1",
                                  inputJSON: "41", env: [:], resources: Resources(cpus: 1, memMB: 64, timeoutS: 10))
-        let writer = DiscardingWriter()
+        let writer = CollectingWriter()
         let r = run(spec, writer: writer, cancellation: Cancellation())
         if r.error == nil, r.output == .int(42) { return nil }
         return "the isolate host did not run a trivial workload: \(r.error ?? "output \(r.output?.text ?? "none")")"
@@ -238,11 +238,4 @@ final class IsolateRun: @unchecked Sendable {
         }
         return e
     }
-}
-
-/// A writer for probes: keeps nothing.
-final class DiscardingWriter: LogWriter {
-    func write(_ stream: LogStream, _ bytes: [UInt8]) {}
-    func writeLine(_ stream: LogStream, _ line: String) {}
-    func tick() {}
 }

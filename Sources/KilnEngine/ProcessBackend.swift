@@ -69,15 +69,12 @@ public struct ProcessBackend: Backend {
         }
         defer { folder.remove() }
         do {
-            let launch = try ProcessLaunch.prepare(spec, in: folder.path, executable: exe)
-            var env = spec.env
-            env["PATH"] = env["PATH"] ?? RuntimeLocator.minimalPath
-            env["HOME"] = folder.path
+            let launch = try ProcessLaunch.prepare(spec, in: folder.path)
             let child = try ChildProcess.spawn(SpawnSpec(
-                executable: exe, arguments: launch.arguments, environment: env,
+                executable: exe, arguments: launch.arguments,
+                environment: Dictionary(uniqueKeysWithValues: ProcessLaunch.environment(spec, home: folder.path)),
                 workingDirectory: folder.path, stdinPath: launch.stdinPath,
-                memoryLimitBytes: launch.rlimitMemory ? spec.resources.memMB << 20 : nil,
-                cpuLimitSeconds: spec.resources.timeoutS * max(1, spec.resources.cpus) + 1,
+                memoryLimitBytes: launch.memoryLimitBytes(spec), cpuLimitSeconds: ProcessLaunch.cpuSeconds(spec),
                 usePIDNamespace: usePIDNamespace))
             return ProcessLaunch.drive(child, spec: spec, writer: writer, cancellation: cancellation)
         } catch {
@@ -111,10 +108,28 @@ enum ProcessLaunch {
         var stdinPath: String
         /// Whether RLIMIT_AS applies (V8 reserves more address space than any sane limit).
         var rlimitMemory: Bool
+
+        /// RLIMIT_AS for this runtime, or nil where it does not apply.
+        func memoryLimitBytes(_ spec: ExecutionSpec) -> Int? {
+            rlimitMemory ? spec.resources.memMB << 20 : nil
+        }
+    }
+
+    /// RLIMIT_CPU: the wall-clock timeout times the cpus asked for, plus a second.
+    static func cpuSeconds(_ spec: ExecutionSpec) -> Int {
+        spec.resources.timeoutS * max(1, spec.resources.cpus) + 1
+    }
+
+    /// Only what the request gives, plus a minimal PATH (unless given) and HOME; sorted.
+    static func environment(_ spec: ExecutionSpec, home: String) -> [(String, String)] {
+        var env = spec.env
+        env["PATH"] = env["PATH"] ?? RuntimeLocator.minimalPath
+        env["HOME"] = home
+        return env.sorted { $0.key < $1.key }.map { ($0.key, $0.value) }
     }
 
     /// Writes the code and input into `folder`; returns argv (paths relative to the folder).
-    static func prepare(_ spec: ExecutionSpec, in folder: String, executable: String) throws -> Prepared {
+    static func prepare(_ spec: ExecutionSpec, in folder: String) throws -> Prepared {
         let input = "\(folder)/input.json"
         try Data(spec.inputJSON.utf8).write(to: URL(fileURLWithPath: input))
         switch spec.runtime {

@@ -32,7 +32,7 @@ struct SandboxSupport: Sendable {
     /// The work folder with the code and input, owned by the workload's uid when Kiln is root.
     func prepareWork(_ spec: ExecutionSpec) throws -> (WorkFolder, ProcessLaunch.Prepared) {
         let folder = try WorkFolder(root: workRoot, id: spec.id)
-        let prepared = try ProcessLaunch.prepare(spec, in: folder.path, executable: "")
+        let prepared = try ProcessLaunch.prepare(spec, in: folder.path)
         if getuid() == 0 {
             try FileManager.default.setAttributes([.ownerAccountID: SandboxSupport.nobody, .groupOwnerAccountID: SandboxSupport.nobody],
                                                   ofItemAtPath: folder.path)
@@ -86,12 +86,6 @@ struct SandboxSupport: Sendable {
         runpy.run_path("main.py", run_name="__main__")
         """
 
-    func environment(_ spec: ExecutionSpec) -> [(String, String)] {
-        var env = spec.env
-        env["PATH"] = env["PATH"] ?? RuntimeLocator.minimalPath
-        env["HOME"] = "/work"
-        return env.sorted { $0.key < $1.key }.map { ($0.key, $0.value) }
-    }
 
     /// Runs a trivial shell workload through `backend`; nil when it worked, else why not.
     static func probe(_ backend: any Backend) -> String? {
@@ -154,7 +148,7 @@ public struct SandboxBackend: Backend {
               "--proc", "/proc",
               "--size", String(spec.resources.memMB << 20), "--tmpfs", "/tmp",
               "--bind", work, "/work", "--remount-ro", "/", "--chdir", "/work", "--clearenv"]
-        for (k, v) in support.environment(spec) { a += ["--setenv", k, v] }
+        for (k, v) in ProcessLaunch.environment(spec, home: "/work") { a += ["--setenv", k, v] }
         return a + ["--"] + command
     }
 
@@ -171,8 +165,7 @@ public struct SandboxBackend: Backend {
             let child = try ChildProcess.spawn(SpawnSpec(
                 executable: argv[0], arguments: argv, environment: ["PATH": RuntimeLocator.minimalPath],
                 workingDirectory: folder.path, stdinPath: prepared.stdinPath,
-                memoryLimitBytes: prepared.rlimitMemory ? spec.resources.memMB << 20 : nil,
-                cpuLimitSeconds: spec.resources.timeoutS * max(1, spec.resources.cpus) + 1,
+                memoryLimitBytes: prepared.memoryLimitBytes(spec), cpuLimitSeconds: ProcessLaunch.cpuSeconds(spec),
                 // bwrap makes its own PID namespace (and dies with Kiln through --die-with-parent);
                 // inside one of Kiln's it would look its child up in a /proc of another namespace.
                 usePIDNamespace: false))
@@ -257,7 +250,7 @@ public struct GVisorBackend: Backend {
                 ("terminal", .bool(false)),
                 ("user", .object([("uid", .int(Int64(SandboxSupport.nobody))), ("gid", .int(Int64(SandboxSupport.nobody)))])),
                 ("args", .array(command.map { .string($0) })),
-                ("env", .array(support.environment(spec).map { .string("\($0.0)=\($0.1)") })),
+                ("env", .array(ProcessLaunch.environment(spec, home: "/work").map { .string("\($0.0)=\($0.1)") })),
                 ("cwd", .string("/work")),
                 ("capabilities", .object([("bounding", none), ("effective", none), ("inheritable", none), ("permitted", none), ("ambient", none)])),
                 ("rlimits", .array(rlimits)),

@@ -104,12 +104,6 @@ public final class HTTPServer: @unchecked Sendable {
         ref?.release()
     }
 
-    var isStopping: Bool {
-        lock.lock()
-        defer { lock.unlock() }
-        return stopping
-    }
-
     /// Records a suspended connection; false when the server is stopping (do not suspend).
     func trackSuspended(_ item: any Resumable) -> Bool {
         lock.lock()
@@ -320,11 +314,8 @@ private let accessHandler: MHD_AccessHandlerCallback = { cls, connection, url, m
                 state.isSuspended = true
                 MHD_suspend_connection(connection)
             } else {
-                state.readyResponse = HTTPResponse.jsonError(status: 503, code: "shutting_down", message: "the server is shutting down")
-                let r = state.readyResponse!
-                state.readyResponse = nil
                 state.lock.unlock()
-                return server.queue(r, on: state)
+                return server.queue(HTTPResponse.jsonError(status: 503, code: "shutting_down", message: "the server is shutting down"), on: state)
             }
         }
         state.lock.unlock()
@@ -451,7 +442,7 @@ final class StreamBox: @unchecked Sendable, Resumable {
                     lock.unlock()
                     continue
                 }
-                if server.isStopping || !server.trackSuspended(self) {
+                if !server.trackSuspended(self) {
                     lock.unlock()
                     return Int(kiln_mhd_end_with_error())
                 }

@@ -18,9 +18,7 @@ struct ClientOptions: ParsableArguments {
 /// Runs a client command: a failure is one line on stderr and exit code 1.
 func clientMain(_ body: () throws -> Int32) -> Never {
     do {
-        let code = try body()
-        Terminal.flush()
-        Foundation.exit(code)
+        Foundation.exit(try body())
     } catch let e as ClientError {
         Terminal.error("kiln: \(e.description)")
         Foundation.exit(1)
@@ -35,7 +33,6 @@ enum Terminal {
 
     static func out(_ s: String) { FileHandle.standardOutput.write(Data((s + "\n").utf8)) }
     static func error(_ s: String) { FileHandle.standardError.write(Data((s + "\n").utf8)) }
-    static func flush() {}
 
     static func status(_ s: String) -> String {
         guard colour else { return s }
