@@ -66,7 +66,7 @@ let package = Package(
         .target(name: "KilnTestSupport", dependencies: ["KilnCore"], path: "Tests/KilnTestSupport"),
         .testTarget(name: "KilnCoreTests", dependencies: ["KilnCore"]),
         .testTarget(name: "KilnStoreTests", dependencies: ["KilnStore", "KilnCore"]),
-        .testTarget(name: "KilnEngineTests", dependencies: ["KilnEngine", "KilnStore", "KilnCore", "KilnSystem"]),
+        .testTarget(name: "KilnEngineTests", dependencies: ["KilnEngine", "KilnStore", "KilnCore", "KilnSystem", "KilnTestSupport"]),
         .testTarget(name: "KilnIntegrationTests", dependencies: ["KilnTestSupport", "KilnCore"]),
         .testTarget(name: "KilnAPITests", dependencies: ["KilnAPI", "KilnEngine", "KilnStore", "KilnTestSupport",
                                                          .product(name: "Logging", package: "swift-log")]),

@@ -4,6 +4,7 @@ import Testing
 import KilnCore
 import KilnStore
 import KilnSystem
+import KilnTestSupport
 @testable import KilnEngine
 
 /// The engine with the real process backend and a real (in-memory) SQLite store.
@@ -58,17 +59,6 @@ final class Box<T: Sendable>: @unchecked Sendable {
     func wait() -> T { semaphore.wait(); return value! }
 }
 
-func processExists(marker: String) -> Bool {
-    let entries = (try? FileManager.default.contentsOfDirectory(atPath: "/proc")) ?? []
-    for pid in entries where Int(pid) != nil {
-        if let cmd = try? String(contentsOfFile: "/proc/\(pid)/cmdline", encoding: .utf8), cmd.contains(marker) {
-            // A zombie has an empty cmdline; this one is alive.
-            return true
-        }
-    }
-    return false
-}
-
 @Suite struct EngineTests {
     @Test func pythonRunsWithInputAndItsOutputIsParsed() throws {
         let h = try EngineHarness()
@@ -121,7 +111,7 @@ func processExists(marker: String) -> Bool {
         #expect(r.error?.contains("timed out") == true)
         #expect(try h.lines(r.id).map(\.line) == ["started"])
         usleep(300_000)
-        #expect(!processExists(marker: marker))
+        #expect(!ProcessTable.exists(marker))
     }
 
     @Test func killEndsTheWholeTreeIncludingADaemonizedGrandchild() throws {
@@ -135,15 +125,15 @@ func processExists(marker: String) -> Bool {
         // The background processes exec a moment after the first line.
         var up = false
         for _ in 0..<250 where !up {
-            up = processExists(marker: "\(marker)-a") && processExists(marker: "\(marker)-b")
+            up = ProcessTable.exists("\(marker)-a") && ProcessTable.exists("\(marker)-b")
             if !up { usleep(20_000) }
         }
         #expect(up)
         let killed = try h.kill(record.id)
         #expect(killed.status == .killed)
         usleep(300_000)
-        #expect(!processExists(marker: "\(marker)-a"))
-        #expect(!processExists(marker: "\(marker)-b"))
+        #expect(!ProcessTable.exists("\(marker)-a"))
+        #expect(!ProcessTable.exists("\(marker)-b"))
         #expect(throws: EngineError.alreadyFinished(killed)) { try h.engine.kill(record.id) { _ in } }
     }
 

@@ -249,7 +249,7 @@ import KilnTestSupport
         try s.waitRunning(id)
         var up = false
         for _ in 0..<200 where !up {
-            up = processExists(marker)
+            up = ProcessTable.exists(marker)
             if !up { usleep(20_000) }
         }
         #expect(up)
@@ -257,7 +257,7 @@ import KilnTestSupport
         #expect(status == 200)
         #expect(record["status"] == .string("killed"))
         usleep(200_000)
-        #expect(!processExists(marker))
+        #expect(!ProcessTable.exists(marker))
         let again = try s.request("DELETE", "/v1/workloads/\(id)")
         #expect(again.status == 409)
         #expect(try again.json()["error"]?["code"] == .string("conflict"))
@@ -444,13 +444,6 @@ import KilnTestSupport
         #expect(r["resources"]?["timeout_s"] == .int(7))
         let over = try s.request("POST", "/v1/workloads", body: #"{"runtime": "shell", "code": "true", "resources": {"timeout_s": 9}}"#)
         #expect(over.status == 422)
-    }
-}
-
-func processExists(_ marker: String) -> Bool {
-    let entries = (try? FileManager.default.contentsOfDirectory(atPath: "/proc")) ?? []
-    return entries.contains { pid in
-        Int(pid) != nil && ((try? String(contentsOfFile: "/proc/\(pid)/cmdline", encoding: .utf8))?.contains(marker) ?? false)
     }
 }
 

@@ -135,8 +135,8 @@ enum IsolationServer {
         #expect(r["status"] == .string("failed"))
         #expect(r["error"]?.stringValue?.contains("timed out") == true)
         usleep(300_000)
-        #expect(!processExists("kiln-inner-\(tag)"))
-        #expect(!processExists(r["id"]!.stringValue!))
+        #expect(!ProcessTable.exists("kiln-inner-\(tag)"))
+        #expect(!ProcessTable.exists(r["id"]!.stringValue!))
     }
 
     @Test(arguments: ["sandbox", "gvisor"])
@@ -154,7 +154,7 @@ enum IsolationServer {
         #expect(status == 200)
         #expect(r["status"] == .string("killed"))
         usleep(300_000)
-        #expect(!processExists(id))
+        #expect(!ProcessTable.exists(id))
     }
 }
 
@@ -309,7 +309,7 @@ final class Listener: @unchecked Sendable {
         first.stop(signal: SIGKILL)
         let second = try KilnServer.start(db: "\(dir)/kiln.db")
         #expect(!FileManager.default.fileExists(atPath: state))
-        #expect(!processExists(state))
+        #expect(!ProcessTable.exists(state))
         let (_, r) = try second.json("GET", "/v1/workloads/\(id)")
         #expect(r["error"] == .string("server restarted"))
     }
@@ -320,7 +320,7 @@ final class Listener: @unchecked Sendable {
         let body = #"{"runtime": "node", "isolation": "isolate", "code": "export default () => 'ok'"}"#
         #expect(try s.run(body)["output"] == .string("ok"))
         // Kill every host process of this server (the supervisor and its executors).
-        let hosts = hostPIDs(containing: "\(URL(fileURLWithPath: s.dbPath).deletingLastPathComponent().path)/state/isolate/host.mjs")
+        let hosts = ProcessTable.pids(containing: "\(URL(fileURLWithPath: s.dbPath).deletingLastPathComponent().path)/state/isolate/host.mjs")
         #expect(!hosts.isEmpty)
         for pid in hosts { kill(pid, SIGKILL) }
         usleep(300_000)
@@ -331,13 +331,5 @@ final class Listener: @unchecked Sendable {
             if !answered { usleep(200_000) }
         }
         #expect(answered)
-    }
-
-    func hostPIDs(containing text: String) -> [Int32] {
-        ((try? FileManager.default.contentsOfDirectory(atPath: "/proc")) ?? []).compactMap { pid -> Int32? in
-            guard let n = Int32(pid), let cmd = try? String(contentsOfFile: "/proc/\(pid)/cmdline", encoding: .utf8),
-                  cmd.contains(text) else { return nil }
-            return n
-        }
     }
 }

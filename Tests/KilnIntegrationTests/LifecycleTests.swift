@@ -14,7 +14,7 @@ import KilnTestSupport
         try first.waitRunning(id)
         var seen = false
         for _ in 0..<250 where !seen {
-            seen = try processExists(marker) && (first.json("GET", "/v1/workloads/\(id)/logs/history").1["lines"]?.arrayValue?.count ?? 0) == 1
+            seen = try ProcessTable.exists(marker) && (first.json("GET", "/v1/workloads/\(id)/logs/history").1["lines"]?.arrayValue?.count ?? 0) == 1
             if !seen { usleep(20_000) }
         }
         #expect(seen)
@@ -22,7 +22,7 @@ import KilnTestSupport
         // The whole tree dies with the server, grandchildren that left the group included.
         var gone = false
         for _ in 0..<100 where !gone {
-            gone = !processExists(marker)
+            gone = !ProcessTable.exists(marker)
             if !gone { usleep(20_000) }
         }
         #expect(gone)
@@ -54,7 +54,7 @@ import KilnTestSupport
         usleep(800_000)
         let status = s.stop(signal: SIGTERM)
         #expect(status == 0)
-        #expect(!processExists(marker))
+        #expect(!ProcessTable.exists(marker))
         for stream in streams {
             let c = try stream.wait()["connections"]?.arrayValue?.first ?? .null
             #expect(c["ended"] == .bool(true))
