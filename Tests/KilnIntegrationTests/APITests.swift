@@ -119,6 +119,20 @@ import KilnTestSupport
         #expect(wrongDelete.header("Allow")?.contains("DELETE") == true)
     }
 
+    /// The connection pool is 4 KiB (a stream's memory, issue 6): a request head of 3 KiB
+    /// is served, a longer one is refused by libmicrohttpd with 431 (headers) or 414 (URL),
+    /// and the server goes on.
+    @Test func requestHeadsUpToThreeKiBAreServedAndLongerOnesRefused() throws {
+        let s = try KilnServer.start()
+        let pad = String(repeating: "a", count: 3 * 1024)
+        #expect(try s.request("GET", "/v1/workloads", headers: ["X-Pad": pad]).status == 200)
+        #expect(try s.request("GET", "/v1/workloads/\(pad)").status == 404)
+        let long = String(repeating: "a", count: 8 * 1024)
+        #expect(try s.request("GET", "/v1/workloads", headers: ["X-Pad": long]).status == 431)
+        #expect(try s.request("GET", "/v1/workloads/\(long)").status == 414)
+        #expect(try s.request("GET", "/healthz").status == 200)
+    }
+
     @Test func bodiesOverTheLimitGet413() throws {
         let s = try KilnServer.start(env: ["KILN_MAX_BODY_BYTES": "1000"])
         let big = #"{"runtime": "shell", "code": ""# + String(repeating: "x", count: 2000) + #""}"#

@@ -38,6 +38,23 @@ import KilnTestSupport
         #expect(reply.text.contains("event: end\nid: 3\n"))
     }
 
+    /// An HTTP/1.0 client gets the stream unchunked, through the response's own block
+    /// buffer (HTTP/1.1 chunks are built in the connection's pool instead).
+    @Test func anHTTP10ClientGetsTheWholeStreamUnchunked() throws {
+        let s = try KilnServer.start()
+        // About 300 KB: many blocks of the HTTP/1.0 path.
+        let pad = String(repeating: "x", count: 90)
+        let id = try s.submit(#"{"runtime": "shell", "code": "i=1; while [ $i -le 3000 ]; do echo line $i \#(pad); i=$((i+1)); done"}"#)
+        let reply = try Curl.run(["-sS", "-N", "--http1.0"], url: "\(s.baseURL)/v1/workloads/\(id)/logs")
+        #expect(reply.status == 200)
+        #expect(reply.header("Transfer-Encoding") == nil)
+        let data = reply.text.split(separator: "\n").filter { $0.hasPrefix("data: line ") }
+        #expect(data.count == 3000)
+        #expect(data.first == "data: line 1 \(pad)")
+        #expect(data.last == "data: line 3000 \(pad)")
+        #expect(reply.text.hasSuffix("event: end\nid: 3000\ndata: {\"status\":\"completed\",\"exit_code\":0,\"error\":null,\"log_lines\":3000}\n\n"))
+    }
+
     @Test func severalSubscribersEachGetEverything() throws {
         let s = try KilnServer.start()
         let id = try s.submit(counting(200, pause: "0.005"))
