@@ -65,6 +65,7 @@ let package = Package(
         ),
         .target(name: "KilnTestSupport", dependencies: ["KilnCore"], path: "Tests/KilnTestSupport"),
         .testTarget(name: "KilnCoreTests", dependencies: ["KilnCore"]),
+        .testTarget(name: "KilnSystemTests", dependencies: ["KilnSystem", "KilnTestSupport"]),
         .testTarget(name: "KilnStoreTests", dependencies: ["KilnStore", "KilnCore"]),
         .testTarget(name: "KilnEngineTests", dependencies: ["KilnEngine", "KilnStore", "KilnCore", "KilnSystem", "KilnTestSupport"]),
         .testTarget(name: "KilnIntegrationTests", dependencies: ["KilnTestSupport", "KilnCore"]),

@@ -7,6 +7,22 @@
 #include <sys/socket.h>
 #include <microhttpd.h>
 
+/// Whether a header that libmicrohttpd parsed came from one line, unfolded. 0.9.75 parses
+/// `Name: value` in place into `Name\0 value`, so the value starts right after the name's
+/// NUL and optional blanks. An obs-fold continuation line (leading blanks) is glued onto
+/// the header's *name* instead of its value (`Content-Length: 2` + ` x` becomes a header
+/// `Content-Lengthx: 2`), which moves or overwrites the name: then the value no longer
+/// follows it. RFC 9112 section 5.2 lets a server refuse obs-fold with 400.
+static inline int kiln_mhd_header_is_unfolded(const char *key, const char *value) {
+    if (key == NULL || value == NULL) return 1;
+    const char *p = key + strlen(key) + 1;
+    if (value < p || value - p > 4096) return 0;
+    for (; p < value; p++) {
+        if (*p != ' ' && *p != '\t') return 0;
+    }
+    return 1;
+}
+
 /// MHD_start_daemon is variadic and Swift cannot call it. This shim passes every
 /// option Kiln uses through one MHD_OPTION_ARRAY. `listen_fd` is a socket that
 /// Kiln bound and listens on itself, so that port 0 can be resolved with getsockname.

@@ -118,6 +118,13 @@ public final class KilnAPI: HTTPResponder, @unchecked Sendable {
         return r
     }
 
+    public func badRequest(_ request: HTTPRequest, reason: String) -> HTTPResponse {
+        var r = APIError(400, "bad_request", reason).response
+        if let cors = corsHeaders(origin: request.header("origin")) { r.headers.append(contentsOf: cors) }
+        r.headers.append(("Connection", "close"))
+        return r
+    }
+
     public func completed(_ request: HTTPRequest, status: Int, durationNanos: UInt64) {
         let ms = Double(durationNanos) / 1_000_000
         let template: String

@@ -188,13 +188,20 @@ extension HTTPResponse {
 
 private final class HeaderCollector {
     var headers: [String: String] = [:]
+    /// Header lines as received, for the framing checks.
+    var lines: [(name: String, value: String)] = []
+    /// A header came from an obs-fold (see `kiln_mhd_header_is_unfolded`).
+    var folded = false
 }
 
 private let collectHeader: MHD_KeyValueIterator = { cls, _, key, value in
     let box = Unmanaged<HeaderCollector>.fromOpaque(cls!).takeUnretainedValue()
     if let key {
-        let name = String(cString: key).lowercased()
+        let raw = String(cString: key)
+        let name = raw.lowercased()
         let v = value.map { String(cString: $0) } ?? ""
+        box.lines.append((raw, v))
+        if kiln_mhd_header_is_unfolded(key, value) == 0 { box.folded = true }
         if let existing = box.headers[name] {
             box.headers[name] = existing + ", " + v
         } else {
@@ -215,11 +222,11 @@ private let collectQuery: MHD_KeyValueIterator = { cls, _, key, value in
     return MHD_Result.YES
 }
 
-private func values(of connection: OpaquePointer, kind: MHD_ValueKind, iterator: MHD_KeyValueIterator) -> [String: String] {
+private func collect(_ connection: OpaquePointer, kind: MHD_ValueKind, iterator: MHD_KeyValueIterator) -> HeaderCollector {
     let box = HeaderCollector()
     let ref = Unmanaged.passUnretained(box)
     _ = MHD_get_connection_values(connection, kind, iterator, ref.toOpaque())
-    return box.headers
+    return box
 }
 
 private func makeRequestID() -> String {
@@ -242,17 +249,26 @@ private let accessHandler: MHD_AccessHandlerCallback = { cls, connection, url, m
 
     if conCls.pointee == nil {
         let path = url.map { String(cString: $0) } ?? "/"
+        let headers = collect(connection, kind: MHD_ValueKind.HEADER_KIND, iterator: collectHeader)
         let request = HTTPRequest(
             method: method.map { String(cString: $0) } ?? "GET",
             path: path,
-            query: values(of: connection, kind: MHD_ValueKind.GET_ARGUMENT_KIND, iterator: collectQuery),
-            headers: values(of: connection, kind: MHD_ValueKind.HEADER_KIND, iterator: collectHeader),
+            query: collect(connection, kind: MHD_ValueKind.GET_ARGUMENT_KIND, iterator: collectQuery).headers,
+            headers: headers.headers,
             requestID: makeRequestID())
-        let http10 = version.map { strcmp($0, "HTTP/1.0") == 0 } ?? false
-        let state = RequestState(connection: connection, request: request, http10: http10)
+        let versionText = version.map { String(cString: $0) } ?? ""
+        let state = RequestState(connection: connection, request: request, http10: versionText == "HTTP/1.0")
         conCls.pointee = Unmanaged.passRetained(state).toOpaque()
-        // Refuse a declared oversize body before reading any of it.
-        if let length = request.headers["content-length"], let n = Int(length), n > server.options.maxBodyBytes {
+        // Refuse an ambiguous request before reading any of its body; answering now makes
+        // libmicrohttpd close the connection after the answer, so nothing that follows the
+        // head is taken for a next request.
+        if let why = RequestFraming.problem(version: versionText, headers: headers.lines, folded: headers.folded) {
+            state.rejected = true
+            return server.queue(server.responder.badRequest(request, reason: why), on: state)
+        }
+        // Refuse a declared oversize body before reading any of it. libmicrohttpd has
+        // checked that it is a number below 2^64; one that does not fit an Int is too large.
+        if let length = request.headers["content-length"], Int(length).map({ $0 > server.options.maxBodyBytes }) ?? true {
             state.rejected = true
             return server.queue(server.responder.bodyTooLarge(request, limit: server.options.maxBodyBytes), on: state)
         }

@@ -119,6 +119,9 @@ public protocol HTTPResponder: Sendable {
     func respond(to request: HTTPRequest) -> HTTPResult
     /// Called when a request body passes the size limit, before the rest is read.
     func bodyTooLarge(_ request: HTTPRequest, limit: Int) -> HTTPResponse
+    /// Called for a request whose framing is refused (`RequestFraming`), before its body
+    /// is read; the connection closes after the answer.
+    func badRequest(_ request: HTTPRequest, reason: String) -> HTTPResponse
     /// Called once per finished request, for the access log and metrics.
     func completed(_ request: HTTPRequest, status: Int, durationNanos: UInt64)
 }
