@@ -7,6 +7,37 @@
 #include <sys/socket.h>
 #include <microhttpd.h>
 
+static inline int kiln_hex_digit(char c) {
+    if (c >= '0' && c <= '9') return c - '0';
+    if (c >= 'a' && c <= 'f') return c - 'a' + 10;
+    if (c >= 'A' && c <= 'F') return c - 'A' + 10;
+    return -1;
+}
+
+/// libmicrohttpd's percent-decoding of the path and of query keys and values, except
+/// that `%00` stays the three characters: the access handler gets the path as a C string,
+/// where a decoded NUL would silently end it (`/v1/workloads/%00` would become the list).
+static inline size_t kiln_mhd_unescape(void *cls, struct MHD_Connection *connection, char *val) {
+    (void)cls;
+    (void)connection;
+    char *r = val;
+    char *w = val;
+    while (*r != '\0') {
+        if (*r == '%') {
+            int hi = kiln_hex_digit(r[1]);
+            int lo = hi < 0 ? -1 : kiln_hex_digit(r[2]);
+            if (hi >= 0 && lo >= 0 && (hi | lo) != 0) {
+                *w++ = (char)(hi * 16 + lo);
+                r += 3;
+                continue;
+            }
+        }
+        *w++ = *r++;
+    }
+    *w = '\0';
+    return (size_t)(w - val);
+}
+
 /// Whether a header that libmicrohttpd parsed came from one line, unfolded. 0.9.75 parses
 /// `Name: value` in place into `Name\0 value`, so the value starts right after the name's
 /// NUL and optional blanks. An obs-fold continuation line (leading blanks) is glued onto
@@ -43,6 +74,7 @@ static inline struct MHD_Daemon *kiln_mhd_start(unsigned int flags,
         {MHD_OPTION_CONNECTION_LIMIT, connection_limit, NULL},
         {MHD_OPTION_CONNECTION_TIMEOUT, connection_timeout_s, NULL},
         {MHD_OPTION_NOTIFY_COMPLETED, (intptr_t)completed, completed_cls},
+        {MHD_OPTION_UNESCAPE_CALLBACK, (intptr_t)kiln_mhd_unescape, NULL},
         {MHD_OPTION_END, 0, NULL},
     };
     return MHD_start_daemon(flags, 0, NULL, NULL, handler, handler_cls,

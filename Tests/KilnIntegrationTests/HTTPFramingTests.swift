@@ -82,4 +82,22 @@ import KilnTestSupport
                               code: "body_too_large", status: 413)
         }
     }
+
+    /// `%00` in the path or query stays the three characters: decoded, the NUL ended the
+    /// C string libmicrohttpd hands over, so `/v1/workloads/%00` was the list endpoint and
+    /// `limit=5%00x` was `limit=5`.
+    @Test func percent00IsNotDecoded() throws {
+        let s = try KilnServer.start()
+        for path in ["/v1/workloads/%00", "/v1/workloads/%00/logs", "/v1/workloads/%00/logs/history"] {
+            let r = try s.request("GET", path)
+            #expect(r.status == 404, "\(path)")
+            #expect(try r.json()["error"]?["message"] == .string("workload %00 not found"), "\(path)")
+        }
+        #expect(try s.request("DELETE", "/v1/workloads/%00").status == 404)
+        #expect(try s.request("GET", "/v1/workloads?limit=5%00x").status == 422)
+        #expect(try s.request("GET", "/v1/workloads?status=completed%00").status == 422)
+        // Every other escape is still decoded, in the path and the query.
+        #expect(try s.request("GET", "/v1/workloads?status=%63ompleted&limit=%35").status == 200)
+        #expect(try s.request("GET", "/%68ealthz").status == 200)
+    }
 }
