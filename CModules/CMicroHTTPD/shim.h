@@ -54,6 +54,12 @@ static inline int kiln_mhd_header_is_unfolded(const char *key, const char *value
     return 1;
 }
 
+/// The socket of a connection (MHD_get_connection_info is variadic), or -1.
+static inline int kiln_mhd_connection_fd(struct MHD_Connection *connection) {
+    const union MHD_ConnectionInfo *info = MHD_get_connection_info(connection, MHD_CONNECTION_INFO_CONNECTION_FD);
+    return info ? info->connect_fd : -1;
+}
+
 /// MHD_start_daemon is variadic and Swift cannot call it. This shim passes every
 /// option Kiln uses through one MHD_OPTION_ARRAY. `listen_fd` is a socket that
 /// Kiln bound and listens on itself, so that port 0 can be resolved with getsockname.
@@ -66,7 +72,9 @@ static inline struct MHD_Daemon *kiln_mhd_start(unsigned int flags,
                                                 MHD_AccessHandlerCallback handler,
                                                 void *handler_cls,
                                                 MHD_RequestCompletedCallback completed,
-                                                void *completed_cls) {
+                                                void *completed_cls,
+                                                MHD_NotifyConnectionCallback notify_connection,
+                                                void *notify_connection_cls) {
     struct MHD_OptionItem ops[] = {
         {MHD_OPTION_LISTEN_SOCKET, listen_fd, NULL},
         {MHD_OPTION_THREAD_POOL_SIZE, pool_threads, NULL},
@@ -74,6 +82,7 @@ static inline struct MHD_Daemon *kiln_mhd_start(unsigned int flags,
         {MHD_OPTION_CONNECTION_LIMIT, connection_limit, NULL},
         {MHD_OPTION_CONNECTION_TIMEOUT, connection_timeout_s, NULL},
         {MHD_OPTION_NOTIFY_COMPLETED, (intptr_t)completed, completed_cls},
+        {MHD_OPTION_NOTIFY_CONNECTION, (intptr_t)notify_connection, notify_connection_cls},
         {MHD_OPTION_UNESCAPE_CALLBACK, (intptr_t)kiln_mhd_unescape, NULL},
         {MHD_OPTION_END, 0, NULL},
     };

@@ -26,11 +26,17 @@ public final class HTTPServer: @unchecked Sendable {
         /// The block an HTTP/1.0 client's stream is read into (HTTP/1.1 chunks are
         /// read into the connection's write buffer, up to its free size).
         public var streamBlockSize: Int
+        /// A request's headers must arrive within this long of the connection opening or
+        /// of its previous response ending (see `SlowClientGuard`).
+        public var requestTimeoutSeconds: Int
+        /// After the headers, each this many body bytes buy one more second.
+        public var minBodyBytesPerSecond: Int
 
         public init(host: String, port: Int, threads: Int = ProcessInfo.processInfo.activeProcessorCount,
                     maxBodyBytes: Int = 10 << 20, connectionMemoryLimit: Int = 4 * 1024,
                     connectionLimit: Int = 19_500, connectionTimeoutSeconds: Int = 60,
-                    streamBlockSize: Int = 8 * 1024) {
+                    streamBlockSize: Int = 8 * 1024, requestTimeoutSeconds: Int = 30,
+                    minBodyBytesPerSecond: Int = 500) {
             self.host = host
             self.port = port
             self.threads = max(1, threads)
@@ -39,11 +45,14 @@ public final class HTTPServer: @unchecked Sendable {
             self.connectionLimit = connectionLimit
             self.connectionTimeoutSeconds = connectionTimeoutSeconds
             self.streamBlockSize = streamBlockSize
+            self.requestTimeoutSeconds = requestTimeoutSeconds
+            self.minBodyBytesPerSecond = minBodyBytesPerSecond
         }
     }
 
     let options: Options
     let responder: any HTTPResponder
+    let slowClients: SlowClientGuard
     /// The block size of a chunked stream's response: unused by libmicrohttpd, which wants it above 0.
     static let chunkedBlockSize = 64
     // `daemon`, `listenFD`, `stopping` and `suspended` are guarded by `lock`.
@@ -59,7 +68,12 @@ public final class HTTPServer: @unchecked Sendable {
     public init(options: Options, responder: any HTTPResponder) {
         self.options = options
         self.responder = responder
+        self.slowClients = SlowClientGuard(requestTimeoutSeconds: options.requestTimeoutSeconds,
+                                           minBodyBytesPerSecond: options.minBodyBytesPerSecond)
     }
+
+    /// Clients dropped for sending their request too slowly.
+    public var droppedSlowClients: Int { slowClients.dropped }
 
     public func start() throws {
         var port: Int32 = 0
@@ -72,7 +86,7 @@ public final class HTTPServer: @unchecked Sendable {
         let d = kiln_mhd_start(
             UInt32(flags), fd, UInt32(options.threads), options.connectionMemoryLimit,
             UInt32(options.connectionLimit), UInt32(options.connectionTimeoutSeconds),
-            accessHandler, ref.toOpaque(), requestCompleted, ref.toOpaque())
+            accessHandler, ref.toOpaque(), requestCompleted, ref.toOpaque(), connectionNotice, ref.toOpaque())
         guard let d else {
             ref.release()
             close(fd)
@@ -84,6 +98,7 @@ public final class HTTPServer: @unchecked Sendable {
         selfRef = ref
         boundPort = Int(port)
         lock.unlock()
+        slowClients.start()
     }
 
     /// Stops accepting, resumes every suspended connection (a suspended connection at
@@ -95,6 +110,7 @@ public final class HTTPServer: @unchecked Sendable {
         let pending = Array(suspended.values)
         suspended.removeAll()
         lock.unlock()
+        slowClients.stop()
         _ = MHD_quiesce_daemon(d)
         for item in pending { item.resumeForShutdown() }
         // Give resumed connections a moment to write their last bytes.
@@ -248,6 +264,7 @@ private let accessHandler: MHD_AccessHandlerCallback = { cls, connection, url, m
     guard let connection, let conCls, let uploadDataSize else { return MHD_Result.NO }
 
     if conCls.pointee == nil {
+        server.slowClients.headersReceived(connection)
         let path = url.map { String(cString: $0) } ?? "/"
         let headers = collect(connection, kind: MHD_ValueKind.HEADER_KIND, iterator: collectHeader)
         let request = HTTPRequest(
@@ -279,6 +296,7 @@ private let accessHandler: MHD_AccessHandlerCallback = { cls, connection, url, m
     if uploadDataSize.pointee > 0 {
         let n = uploadDataSize.pointee
         uploadDataSize.pointee = 0
+        server.slowClients.received(connection, bodyBytes: n)
         if state.rejected || state.tooLarge { return MHD_Result.YES }
         if state.bodyBytes + n > server.options.maxBodyBytes {
             // libmicrohttpd refuses a response while it delivers upload data, so the rest
@@ -351,7 +369,8 @@ private let accessHandler: MHD_AccessHandlerCallback = { cls, connection, url, m
     }
 }
 
-private let requestCompleted: MHD_RequestCompletedCallback = { cls, _, conCls, _ in
+private let requestCompleted: MHD_RequestCompletedCallback = { cls, connection, conCls, _ in
+    if let connection { HTTPServer.from(cls).slowClients.completed(connection) }
     guard let conCls, let raw = conCls.pointee else { return }
     let server = HTTPServer.from(cls)
     let state = Unmanaged<RequestState>.fromOpaque(raw).takeRetainedValue()
@@ -360,8 +379,20 @@ private let requestCompleted: MHD_RequestCompletedCallback = { cls, _, conCls, _
     server.responder.completed(state.request, status: state.status, durationNanos: elapsed)
 }
 
+/// Connections opening and closing, for the slow-client deadlines.
+private let connectionNotice: MHD_NotifyConnectionCallback = { cls, connection, _, code in
+    guard let connection else { return }
+    let server = HTTPServer.from(cls)
+    if code == MHD_ConnectionNotificationCode.CONNECTION_NOTIFY_STARTED {
+        server.slowClients.opened(connection)
+    } else {
+        server.slowClients.closed(connection)
+    }
+}
+
 extension HTTPServer {
     fileprivate func queue(_ response: HTTPResponse, on state: RequestState) -> MHD_Result {
+        slowClients.answering(state.connection)
         state.status = response.status
         let mhdResponse: OpaquePointer?
         switch response.body {

@@ -1,0 +1,126 @@
+import Foundation
+import Testing
+import KilnTestSupport
+@testable import KilnSystem
+
+/// Slow clients (slowloris) against an in-process server with a 1 s request deadline.
+@Suite struct SlowClientTests {
+    struct Echo: HTTPResponder {
+        func respond(to request: HTTPRequest) -> HTTPResult {
+            .now(HTTPResponse(status: 200, body: .bytes(Array("\(request.method) \(request.path) \(request.body.count)".utf8))))
+        }
+        func bodyTooLarge(_ request: HTTPRequest, limit: Int) -> HTTPResponse { HTTPResponse(status: 413) }
+        func badRequest(_ request: HTTPRequest, reason: String) -> HTTPResponse { HTTPResponse(status: 400) }
+        func completed(_ request: HTTPRequest, status: Int, durationNanos: UInt64) {}
+    }
+
+    func withServer(_ body: (HTTPServer) throws -> Void) throws {
+        let server = HTTPServer(options: .init(host: "127.0.0.1", port: 0, threads: 2, requestTimeoutSeconds: 1,
+                                               minBodyBytesPerSecond: 100),
+                                responder: Echo())
+        try server.start()
+        defer { server.stop() }
+        try body(server)
+    }
+
+    /// Connects and sends `prefix`, then `trickle` a byte every 100 ms; returns the seconds
+    /// until the server closed the connection (nil: still open after `limit` seconds).
+    func secondsUntilDropped(port: Int, prefix: String, trickle: String?, limit: Double = 6) throws -> Double? {
+        let s = try LineSocket(port: port)
+        defer { s.close() }
+        let t0 = Date()
+        s.send(Array(prefix.utf8))
+        var i = 0
+        while Date().timeIntervalSince(t0) < limit {
+            if s.closedWithin(0.1) { return Date().timeIntervalSince(t0) }
+            if let trickle, !trickle.isEmpty {
+                let bytes = Array(trickle.utf8)
+                s.send([bytes[i % bytes.count]])
+                i += 1
+            }
+        }
+        return nil
+    }
+
+    @Test func clientsThatSendTheirRequestTooSlowlyAreDropped() throws {
+        try withServer { server in
+            let port = server.boundPort
+            let cases: [(String, String?)] = [
+                ("", nil),                                                        // silent
+                ("GET /x HTTP/1.1\r\nHost: a\r\nX-Slow: ", "abcdef"),              // header trickle
+                ("POST /x HTTP/1.1\r\nHost: a\r\nContent-Length: 100000\r\n\r\n", "x"),  // body at 10 B/s
+            ]
+            for (prefix, trickle) in cases {
+                let t = try secondsUntilDropped(port: port, prefix: prefix, trickle: trickle)
+                #expect(t != nil && t! >= 0.9 && t! < 3.5, "\(prefix.prefix(30)): \(String(describing: t))")
+            }
+            #expect(server.droppedSlowClients == 3)
+            // Everyone else is served meanwhile, and a body at a good rate is not dropped.
+            let r = try RawHTTP.exchange(port: port, "GET /ok HTTP/1.1\r\nHost: a\r\n\r\n", closeWait: 0)
+            #expect(r.status == 200)
+        }
+    }
+
+    @Test func aBodyAboveTheMinimumRateAndAnAnsweredRequestAreLeftAlone() throws {
+        try withServer { server in
+            // 1,000 bytes at about 500 B/s: two seconds, past the 1 s base, but each 100 bytes buy a second.
+            let s = try LineSocket(port: server.boundPort)
+            defer { s.close() }
+            s.send(Array("POST /x HTTP/1.1\r\nHost: a\r\nContent-Length: 1000\r\n\r\n".utf8))
+            for _ in 0..<20 {
+                s.send([UInt8](repeating: 120, count: 50))
+                usleep(100_000)
+            }
+            let answer = s.readAll(timeout: 2)
+            #expect(answer.contains("HTTP/1.1 200"), "\(answer)")
+            #expect(answer.hasSuffix("POST /x 1000"), "\(answer)")
+            #expect(server.droppedSlowClients == 0)
+        }
+    }
+}
+
+/// A blocking loopback socket for the tests above.
+final class LineSocket {
+    let fd: Int32
+
+    init(port: Int) throws {
+        fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        var addr = sockaddr_in()
+        addr.sin_family = sa_family_t(AF_INET)
+        addr.sin_port = in_port_t(UInt16(port).bigEndian)
+        addr.sin_addr.s_addr = inet_addr("127.0.0.1")
+        let rc = withUnsafePointer(to: &addr) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
+        }
+        guard rc == 0 else { Glibc.close(fd); throw TestFailure("connect: \(errno)") }
+    }
+
+    func send(_ bytes: [UInt8]) {
+        _ = bytes.withUnsafeBytes { Glibc.send(fd, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL)) }
+    }
+
+    /// Whether the peer closed within `seconds` (data that arrives is discarded).
+    func closedWithin(_ seconds: Double) -> Bool {
+        var pfd = pollfd(fd: fd, events: Int16(POLLIN), revents: 0)
+        guard poll(&pfd, 1, Int32(seconds * 1000)) > 0 else { return false }
+        var buf = [UInt8](repeating: 0, count: 4096)
+        return buf.withUnsafeMutableBytes { recv(fd, $0.baseAddress, $0.count, 0) } <= 0
+    }
+
+    func readAll(timeout: Double) -> String {
+        var out: [UInt8] = []
+        let deadline = Date().addingTimeInterval(timeout)
+        while Date() < deadline {
+            var pfd = pollfd(fd: fd, events: Int16(POLLIN), revents: 0)
+            guard poll(&pfd, 1, 100) > 0 else { continue }
+            var buf = [UInt8](repeating: 0, count: 4096)
+            let n = buf.withUnsafeMutableBytes { recv(fd, $0.baseAddress, $0.count, 0) }
+            if n <= 0 { break }
+            out += buf[0..<n]
+            if String(decoding: out, as: UTF8.self).hasSuffix("1000") { break }
+        }
+        return String(decoding: out, as: UTF8.self)
+    }
+
+    func close() { Glibc.close(fd) }
+}
