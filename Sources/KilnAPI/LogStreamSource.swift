@@ -77,20 +77,23 @@ final class LogStreamSource: HTTPStreamSource, @unchecked Sendable {
     func read(max: Int) -> StreamRead {
         if ended { return .end }
         var out: [UInt8] = []
-        out.reserveCapacity(Swift.min(max, 16 * 1024))
         while out.count < max {
             if pendingIndex < pending.count {
                 let line = pending[pendingIndex]
                 pendingIndex += 1
-                appendEvent(line, to: &out)
+                LogStreamSource.appendEvent(line, format: format, to: &out)
                 cursor = line.seq
                 continue
             }
             pending.removeAll(keepingCapacity: true)
             pendingIndex = 0
-            switch nextLines(max: 512) {
+            switch nextLines(max: 512, maxBytes: max - out.count) {
             case .lines(let lines):
                 pending = lines
+            case .frames(let bytes, let last):
+                // Encoded once by the broker for every subscriber.
+                if out.isEmpty { out = bytes } else { out.append(contentsOf: bytes) }
+                cursor = last
             case .end(let info, let lastSeq):
                 appendEnd(info, lastSeq: lastSeq, to: &out)
                 ended = true
@@ -109,9 +112,10 @@ final class LogStreamSource: HTTPStreamSource, @unchecked Sendable {
     }
 
     /// Lines after the cursor: from the live log when there is one, else from the store.
-    private func nextLines(max: Int) -> LogRead {
+    /// Text streams take the broker's ready-made frames, up to `maxBytes` (at least one).
+    private func nextLines(max: Int, maxBytes: Int) -> LogRead {
         if let sub = subscription {
-            return sub.next(max: max, maxBytes: LogStreamSource.readBudget)
+            return next(sub, max: max, maxBytes: maxBytes)
         }
         let stored = LogBudget.trim((try? store.lines(id, after: cursor, limit: 64)) ?? [], to: LogStreamSource.readBudget)
         if !stored.isEmpty { return .lines(stored) }
@@ -125,7 +129,7 @@ final class LogStreamSource: HTTPStreamSource, @unchecked Sendable {
             lock.unlock()
             if let w { sub.setWaker(w) }
             subscription = sub
-            return sub.next(max: max, maxBytes: LogStreamSource.readBudget)
+            return next(sub, max: max, maxBytes: maxBytes)
         }
         // Between the store write and the broker (rare): look again shortly.
         lock.lock()
@@ -135,7 +139,21 @@ final class LogStreamSource: HTTPStreamSource, @unchecked Sendable {
         return .wait
     }
 
-    private func appendEvent(_ line: LogLine, to out: inout [UInt8]) {
+    private func next(_ sub: LogSubscription, max: Int, maxBytes: Int) -> LogRead {
+        format == .text
+            ? sub.next(max: max, maxBytes: Swift.min(maxBytes, LogStreamSource.readBudget), framed: true)
+            : sub.next(max: max, maxBytes: LogStreamSource.readBudget)
+    }
+
+    /// The SSE event of a text stream: the broker encodes each live line with it once.
+    static func textFrame(_ line: LogLine) -> [UInt8] {
+        var out: [UInt8] = []
+        out.reserveCapacity(line.line.utf8.count + 28)
+        appendEvent(line, format: .text, to: &out)
+        return out
+    }
+
+    static func appendEvent(_ line: LogLine, format: Format, to out: inout [UInt8]) {
         out.append(contentsOf: "id: \(line.seq)\n".utf8)
         switch format {
         case .json:

@@ -31,7 +31,8 @@ public final class ServerRunner: @unchecked Sendable {
         SystemLimits.ignoreSIGPIPE()
         let files = SystemLimits.raiseOpenFileLimit()
         let store = try Store(path: config.db)
-        let broker = LogBroker(history: { id, after, limit in (try? store.lines(id, after: after, limit: limit)) ?? [] })
+        let broker = LogBroker(history: { id, after, limit in (try? store.lines(id, after: after, limit: limit)) ?? [] },
+                               frame: LogStreamSource.textFrame)
         // State and work folders live beside the database, so a restarted server finds and
         // removes what a killed one left; an in-memory database gets a fresh folder with an
         // unguessable name (a predictable path in /tmp could be prepared by another user).

@@ -4,11 +4,16 @@ import KilnCore
 /// What a subscriber reads next.
 public enum LogRead: Sendable {
     case lines([LogLine])
+    /// Consecutive lines already encoded by the broker's `frame` encoder, up to `lastSeq`.
+    case frames([UInt8], lastSeq: Int64)
     /// Nothing new; the waker registered with the subscription will be called.
     case wait
     /// The workload ended and every line up to `lastSeq` was delivered.
     case end(EndInfo, lastSeq: Int64)
 }
+
+/// Encodes a line once for every subscriber (an SSE event, say).
+public typealias LogFrameEncoder = @Sendable (LogLine) -> [UInt8]
 
 /// Reads stored lines for a subscriber that fell behind the in-memory window.
 public typealias LogHistory = @Sendable (_ workloadID: String, _ after: Int64, _ limit: Int) -> [LogLine]
@@ -38,6 +43,7 @@ public final class LogBroker: @unchecked Sendable {
     private let lock = NSLock()
     private var logs: [String: WorkloadLog] = [:]
     private let history: LogHistory?
+    private let frame: LogFrameEncoder?
     let windowLines: Int
 
     let windowBytes: Int
@@ -46,10 +52,15 @@ public final class LogBroker: @unchecked Sendable {
     ///   - windowLines: persisted lines kept in memory per workload for fast readers.
     ///   - windowBytes: and at most this many bytes of them.
     ///   - history: where lines older than the window are read from.
-    public init(windowLines: Int = 8192, windowBytes: Int = 8 << 20, history: LogHistory? = nil) {
+    ///   - frame: encodes each line once as it is published; subscribers that ask for
+    ///     frames get copies of these bytes instead of encoding every line themselves
+    ///     (at 1,000 subscribers that is 999 encodings saved per line).
+    public init(windowLines: Int = 8192, windowBytes: Int = 8 << 20, history: LogHistory? = nil,
+                frame: LogFrameEncoder? = nil) {
         self.windowLines = max(1, windowLines)
         self.windowBytes = max(1, windowBytes)
         self.history = history
+        self.frame = frame
     }
 
     /// Starts the log of a workload (idempotent).
@@ -58,7 +69,7 @@ public final class LogBroker: @unchecked Sendable {
         lock.lock()
         defer { lock.unlock() }
         if let log = logs[id] { return log }
-        let log = WorkloadLog(id: id, windowLines: windowLines, windowBytes: windowBytes, history: history)
+        let log = WorkloadLog(id: id, windowLines: windowLines, windowBytes: windowBytes, history: history, frame: frame)
         logs[id] = log
         return log
     }
@@ -135,6 +146,8 @@ public final class WorkloadLog: @unchecked Sendable {
     // All guarded by `lock`.
     private let lock = NSLock()
     private var window: [LogLine] = []
+    /// `frame(window[i])`, when there is an encoder.
+    private var frames: [[UInt8]] = []
     private var head = 0
     private(set) var lastSeqValue: Int64 = 0
     private var persisted: Int64 = 0
@@ -144,12 +157,14 @@ public final class WorkloadLog: @unchecked Sendable {
     private let windowLines: Int
     private let windowBytes: Int
     let history: LogHistory?
+    let frame: LogFrameEncoder?
 
-    init(id: String, windowLines: Int, windowBytes: Int, history: LogHistory?) {
+    init(id: String, windowLines: Int, windowBytes: Int, history: LogHistory?, frame: LogFrameEncoder? = nil) {
         self.id = id
         self.windowLines = windowLines
         self.windowBytes = windowBytes
         self.history = history
+        self.frame = frame
     }
 
     private static func size(_ l: LogLine) -> Int { l.line.utf8.count + 64 }
@@ -162,9 +177,12 @@ public final class WorkloadLog: @unchecked Sendable {
 
     func append(_ lines: [LogLine]) {
         guard !lines.isEmpty else { return }
+        // Encoded by the publisher, outside the lock.
+        let encoded = frame.map { lines.map($0) }
         lock.lock()
         if end != nil { lock.unlock(); return }
         window.append(contentsOf: lines)
+        if let encoded { frames.append(contentsOf: encoded) }
         for l in lines { liveBytes += WorkloadLog.size(l) }
         lastSeqValue = lines.last!.seq
         trim()
@@ -193,6 +211,7 @@ public final class WorkloadLog: @unchecked Sendable {
         }
         if head >= 64 && head * 2 > window.count {
             window.removeFirst(head)
+            if !frames.isEmpty { frames.removeFirst(head) }
             head = 0
         }
     }
@@ -208,7 +227,10 @@ public final class WorkloadLog: @unchecked Sendable {
     }
 
     /// Lines after `cursor`, up to `max` and about `maxBytes`; registers `waiter` when there are none.
-    func read(after cursor: Int64, max: Int, maxBytes: Int, waiter: ObjectIdentifier, wake: (@Sendable () -> Void)?) -> LogRead {
+    /// With `framed` (and an encoder), lines in the window come as one run of frames of at
+    /// most `maxBytes` (at least one frame).
+    func read(after cursor: Int64, max: Int, maxBytes: Int, framed: Bool = false,
+              waiter: ObjectIdentifier, wake: (@Sendable () -> Void)?) -> LogRead {
         lock.lock()
         let firstInWindow = head < window.count ? window[head].seq : lastSeqValue + 1
         if cursor < firstInWindow - 1, let history {
@@ -224,6 +246,17 @@ public final class WorkloadLog: @unchecked Sendable {
             // Seqs in the window are contiguous: index arithmetic finds the cursor.
             let offset = cursor < window[head].seq ? 0 : Int(cursor - window[head].seq + 1)
             let start = head + offset
+            if start < window.count, framed, frame != nil {
+                var out = frames[start]
+                var stop = start + 1
+                while stop < window.count && stop - start < max && out.count + frames[stop].count <= maxBytes {
+                    out.append(contentsOf: frames[stop])
+                    stop += 1
+                }
+                let last = window[stop - 1].seq
+                lock.unlock()
+                return .frames(out, lastSeq: last)
+            }
             if start < window.count {
                 var stop = start
                 var bytes = 0
@@ -280,12 +313,18 @@ public final class LogSubscription: @unchecked Sendable {
         lock.unlock()
     }
 
-    public func next(max: Int = 512, maxBytes: Int = 1 << 20) -> LogRead {
+    /// The next lines; with `framed`, lines still in the window come encoded (`.frames`).
+    public func next(max: Int = 512, maxBytes: Int = 1 << 20, framed: Bool = false) -> LogRead {
         lock.lock()
         let wake = cancelled ? nil : waker
         lock.unlock()
-        let result = log.read(after: cursor, max: max, maxBytes: maxBytes, waiter: ObjectIdentifier(self), wake: wake)
-        if case .lines(let lines) = result, let last = lines.last { cursor = last.seq }
+        let result = log.read(after: cursor, max: max, maxBytes: maxBytes, framed: framed,
+                              waiter: ObjectIdentifier(self), wake: wake)
+        switch result {
+        case .lines(let lines): if let last = lines.last { cursor = last.seq }
+        case .frames(_, let last): cursor = last
+        case .wait, .end: break
+        }
         return result
     }
 
@@ -321,6 +360,8 @@ private final class SubscriptionPump: @unchecked Sendable {
             switch sub.next() {
             case .lines(let lines):
                 for l in lines { continuation.yield(l) }
+            case .frames:
+                preconditionFailure("the pump never asks for frames")
             case .wait:
                 return
             case .end:

@@ -103,6 +103,74 @@ import KilnCore
         #expect(got == (1...50).map { Int64($0) })
     }
 
+    /// With an encoder, framed reads get the lines encoded once at publish, as runs that
+    /// fit the byte budget (at least one frame); lines behind the window still come as lines.
+    @Test func framedReadsGetFramesWithinTheBudgetThenHistoryAsLines() {
+        let stored = (1...30).map { line(Int64($0)) }
+        let encoded = EncodeCount()
+        let broker = LogBroker(windowLines: 10, history: { _, after, limit in
+            Array(stored.filter { $0.seq > after }.prefix(limit))
+        }, frame: { l in encoded.add(); return Array("<\(l.seq)>".utf8) })
+        broker.open("w")
+        broker.publish("w", Array(stored[0..<20]))
+        broker.markPersisted("w", upTo: 20)
+        broker.publish("w", Array(stored[20...]))
+        #expect(encoded.value == 30)
+        // Lines 1-20 are persisted and the window keeps 10 lines: 1-20 come from history.
+        let sub = broker.subscription("w", after: 0)!
+        var lines: [Int64] = []
+        var frames: [String] = []
+        loop: while true {
+            switch sub.next(max: 100, maxBytes: 9, framed: true) {
+            case .lines(let ls): lines += ls.map(\.seq)
+            case .frames(let bytes, let last):
+                frames.append(String(decoding: bytes, as: UTF8.self))
+                #expect(sub.cursor == last)
+            case .wait, .end: break loop
+            }
+        }
+        #expect(lines == (1...20).map { Int64($0) })
+        // 9 bytes hold two 4-byte frames.
+        #expect(frames.first == "<21><22>")
+        #expect(frames.joined() == (21...30).map { "<\($0)>" }.joined())
+        #expect(frames.allSatisfy { $0.utf8.count <= 9 })
+        // Another subscriber reuses the frames: nothing is encoded again.
+        let again = broker.subscription("w", after: 25)!
+        guard case .frames(let bytes, 30) = again.next(max: 100, maxBytes: 1 << 20, framed: true) else {
+            Issue.record("expected frames up to 30"); return
+        }
+        #expect(String(decoding: bytes, as: UTF8.self) == "<26><27><28><29><30>")
+        #expect(encoded.value == 30)
+        // A budget smaller than one frame still gets that frame.
+        let tight = broker.subscription("w", after: 28)!
+        guard case .frames(let one, 29) = tight.next(max: 100, maxBytes: 1, framed: true) else {
+            Issue.record("expected one frame"); return
+        }
+        #expect(one == Array("<29>".utf8))
+        // A reader that does not ask for frames still gets lines.
+        let plain = broker.subscription("w", after: 28)!
+        guard case .lines(let ls) = plain.next() else { Issue.record("expected lines"); return }
+        #expect(ls.map(\.seq) == [29, 30])
+    }
+
+    /// A waiter is woken by each line published while it waits: no wake-up is lost.
+    @Test func linesInABurstStillWakeTheirWaiters() {
+        let broker = LogBroker()
+        broker.open("w")
+        let sub = broker.subscription("w", after: 0)!
+        let woken = DispatchSemaphore(value: 0)
+        sub.setWaker { woken.signal() }
+        var got: [Int64] = []
+        for seq in 1...200 as ClosedRange<Int64> {
+            if case .wait = sub.next() {} else { Issue.record("expected wait before \(seq)") }
+            broker.publish("w", line(seq))
+            #expect(woken.wait(timeout: .now() + 10) == .success)
+            guard case .lines(let ls) = sub.next() else { Issue.record("expected line \(seq)"); return }
+            got += ls.map(\.seq)
+        }
+        #expect(got == Array(1...200))
+    }
+
     @Test func unpersistedLinesStayInMemory() {
         let broker = LogBroker(windowLines: 2) { _, _, _ in [] }
         broker.open("w")
@@ -188,4 +256,12 @@ import KilnCore
         }
         #expect(broker.openCount == 0)
     }
+}
+
+/// Counts the broker's encoder calls (made on the publishing thread).
+private final class EncodeCount: @unchecked Sendable {
+    private let lock = NSLock()
+    private var n = 0
+    func add() { lock.lock(); n += 1; lock.unlock() }
+    var value: Int { lock.lock(); defer { lock.unlock() }; return n }
 }
