@@ -48,7 +48,12 @@ public final class Store: Sendable {
     private let db: any DatabaseWriter
 
     /// Opens (creating the file and its folder) the database at `path`; `:memory:` keeps it in memory.
-    public init(path: String) throws {
+    public convenience init(path: String) throws {
+        try self.init(path: path, migrateUpTo: nil)
+    }
+
+    /// `migrateUpTo` stops at a named migration: tests build an older database with it.
+    init(path: String, migrateUpTo: String?) throws {
         var config = Configuration()
         config.prepareDatabase { db in
             try db.execute(sql: "PRAGMA synchronous = NORMAL")
@@ -62,7 +67,11 @@ public final class Store: Sendable {
                 try FileManager.default.createDirectory(atPath: folder, withIntermediateDirectories: true)
                 db = try DatabasePool(path: path, configuration: config)
             }
-            try Store.migrator.migrate(db)
+            if let migrateUpTo {
+                try Store.migrator.migrate(db, upTo: migrateUpTo)
+            } else {
+                try Store.migrator.migrate(db)
+            }
         } catch {
             throw StoreError.cannotOpen("cannot open database \(path): \(error)")
         }
@@ -105,6 +114,25 @@ public final class Store: Sendable {
                     line TEXT NOT NULL
                 );
                 CREATE UNIQUE INDEX log_lines_workload_seq ON log_lines(workload_id, seq);
+                """)
+        }
+        // Lines clustered by (workload, seq): one b-tree written per line instead of a table
+        // and an index (issue 6, B4: 1,000,000 lines stored in less CPU), and reads in seq
+        // order walk neighbouring pages.
+        m.registerMigration("v2-log-lines-clustered") { db in
+            try db.execute(sql: """
+                CREATE TABLE log_lines_clustered (
+                    workload_id TEXT NOT NULL,
+                    seq INTEGER NOT NULL,
+                    stream TEXT NOT NULL,
+                    ts INTEGER NOT NULL,
+                    line TEXT NOT NULL,
+                    PRIMARY KEY (workload_id, seq)
+                ) WITHOUT ROWID;
+                INSERT INTO log_lines_clustered (workload_id, seq, stream, ts, line)
+                    SELECT workload_id, seq, stream, ts, line FROM log_lines;
+                DROP TABLE log_lines;
+                ALTER TABLE log_lines_clustered RENAME TO log_lines;
                 """)
         }
         return m

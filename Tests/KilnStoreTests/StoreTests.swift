@@ -67,6 +67,25 @@ import KilnCore
         #expect(try again.get(id)?.status == .running)
     }
 
+    /// A database of the first schema (lines in a rowid table with an index) is moved to
+    /// the clustered table when it is opened, lines and all.
+    @Test func linesSurviveTheMoveToTheClusteredTable() throws {
+        let p = path()
+        let id: String
+        do {
+            let old = try Store(path: p, migrateUpTo: "v1-log-lines")
+            id = try make(old, .completed)
+            try old.appendLines(id, (1...300).map { LogLine(seq: Int64($0), stream: $0 % 2 == 0 ? .stderr : .stdout, ts: Int64($0), line: "line \($0)") })
+        }
+        let store = try Store(path: p)
+        let lines = try store.lines(id, after: 0, limit: 1000)
+        #expect(lines.map(\.seq) == (1...300).map { Int64($0) })
+        #expect(lines[1] == LogLine(seq: 2, stream: .stderr, ts: 2, line: "line 2"))
+        #expect(try store.maxSeq(id) == 300)
+        // Still one line per seq.
+        #expect(throws: (any Error).self) { try store.appendLines(id, [LogLine(seq: 5, stream: .stdout, ts: 0, line: "again")]) }
+    }
+
     @Test func transitionAppliesTheChange() throws {
         let store = try Store(path: ":memory:")
         let id = try make(store, .running)
