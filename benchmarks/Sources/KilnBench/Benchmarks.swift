@@ -6,6 +6,8 @@ import NIOPosix
 
 struct BenchConfig {
     var kiln = ""
+    /// B5: the peer server's binary (`kiln-peer`).
+    var peer = ""
     var quick = false
     // B1
     var b1Seconds = 10.0
@@ -21,6 +23,10 @@ struct BenchConfig {
     var b3Runs16 = 2_000
     // B4
     var b4Lines = 1_000_000
+    // B5 (its B1 and B2 parts use the B1 and B2 settings)
+    var b5WrkSeconds = 10
+    var b5WrkConnections = 64
+    var b5WrkThreads = 2
     // Subscribers per worker process (each holds one fd per stream; the limit is 20,000).
     var perProcess = 9_500
     var loops: Int? = nil
@@ -39,8 +45,10 @@ final class Bench: @unchecked Sendable {
 
     // MARK: helpers
 
-    func withServer<T>(_ env: [String: String], _ body: (KilnServer, SimpleClient) throws -> T) throws -> T {
-        let server = try KilnServer(binary: cfg.kiln, env: env)
+    /// Starts a server (Kiln unless `binary` says otherwise: B5's peer), runs `body`, stops it.
+    func withServer<T>(_ env: [String: String], binary: String? = nil, name: String = "kiln",
+                       _ body: (KilnServer, SimpleClient) throws -> T) throws -> T {
+        let server = try KilnServer(binary: binary ?? cfg.kiln, name: name, env: env)
         let client = SimpleClient(group: group, port: server.port)
         defer {
             client.close()
@@ -133,11 +141,18 @@ final class Bench: @unchecked Sendable {
         """
     }
 
+    /// One B1 case: S subscribers, R lines/s (0: as fast as it can), the issue's targets if any.
+    struct B1Spec { var key: String; var subs: Int; var rate: Int; var lines: Int; var p99: Double?; var minEvents: Double? }
+
     func b1() -> [CaseResult] {
-        struct Spec { var key: String; var subs: Int; var rate: Int; var lines: Int; var p99: Double?; var minEvents: Double? }
-        let q = cfg.quick
+        b1Run(b1Specs(cfg.b1Cases, quick: cfg.quick, seconds: cfg.b1Seconds), binary: cfg.kiln, name: "kiln")
+    }
+
+    /// The cases named `s<S>-r<R|max>`; `quick` shrinks them (S / 10 and 2 s, or 200 and 2,000 lines for R=max).
+    func b1Specs(_ keys: [String], quick q: Bool, seconds: Double) -> [B1Spec] {
+        typealias Spec = B1Spec
         var specs: [Spec] = []
-        for key in cfg.b1Cases {
+        for key in keys {
             // "s<subscribers>-r<lines per second|max>"; the issue's three cases carry its targets.
             let parts = key.lowercased().split(separator: "-")
             guard parts.count == 2, parts[0].hasPrefix("s"), parts[1].hasPrefix("r"),
@@ -155,14 +170,19 @@ final class Bench: @unchecked Sendable {
                 let p99: Double? = (subs, rate) == (1000, 1000) ? 10 : (subs, rate) == (10_000, 100) ? 50 : nil
                 if q { subs = max(1, subs / 10) }
                 specs.append(Spec(key: "S=\(subs) R=\(rate)", subs: subs, rate: rate,
-                                  lines: Int(Double(rate) * (q ? 2 : cfg.b1Seconds)), p99: p99, minEvents: nil))
+                                  lines: Int(Double(rate) * (q ? 2 : seconds)), p99: p99, minEvents: nil))
             } else {
                 log("unknown B1 case \(key)")
             }
         }
+        return specs
+    }
+
+    /// Runs B1 cases one after the other against one server (`binary`: Kiln, or B5's peer).
+    func b1Run(_ specs: [B1Spec], binary: String, name: String) -> [CaseResult] {
         var out: [CaseResult] = []
         do {
-            try withServer(["KILN_MAX_CONCURRENT": "32"]) { server, client in
+            try withServer(["KILN_MAX_CONCURRENT": "32"], binary: binary, name: name) { server, client in
                 for (n, spec) in specs.enumerated() {
                     let busy = n > 0 && cfg.waitIdle > 0 ? waitForQuietMachine(maxSeconds: cfg.waitIdle) : -1
                     log("B1 \(spec.key): \(spec.lines) lines to \(spec.subs) subscribers")
@@ -240,14 +260,17 @@ final class Bench: @unchecked Sendable {
     // MARK: B2 idle streams
 
     func b2() -> [CaseResult] {
-        let streams = cfg.quick ? 1000 : cfg.b2Streams
-        let hold = cfg.quick ? 6.0 : cfg.b2HoldSeconds
-        let beat = cfg.quick ? 2 : cfg.b2Heartbeat
+        b2Run(streams: cfg.quick ? 1000 : cfg.b2Streams, hold: cfg.quick ? 6.0 : cfg.b2HoldSeconds,
+              beat: cfg.quick ? 2 : cfg.b2Heartbeat, binary: cfg.kiln, name: "kiln")
+    }
+
+    /// B2 against one server (`binary`: Kiln, or B5's peer).
+    func b2Run(streams: Int, hold: Double, beat: Int, binary: String, name: String) -> [CaseResult] {
         var res = CaseResult(benchmark: "B2", name: "\(streams) idle streams")
         res.params = [("streams", .int(streams)), ("hold_s", .num(hold)), ("heartbeat_s", .int(beat)),
                       ("health_probe_interval_ms", .int(cfg.b2HealthIntervalMs))]
         do {
-            try withServer(["KILN_HEARTBEAT_S": "\(beat)", "KILN_MAX_CONCURRENT": "32"]) { server, client in
+            try withServer(["KILN_HEARTBEAT_S": "\(beat)", "KILN_MAX_CONCURRENT": "32"], binary: binary, name: name) { server, client in
                 let stop = server.dir + "/stop-b2"
                 // A workload that prints nothing until it is told to stop (bounded: 15 min).
                 let code = "i=0; while [ ! -e \(stop) ] && [ $i -lt 9000 ]; do sleep 0.1; i=$((i+1)); done"

@@ -5,7 +5,7 @@ import Foundation
 struct KilnBenchCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "kiln-bench",
-        abstract: "Kiln's benchmarks: SSE fan-out (B1), idle streams (B2), throughput (B3), log ingest (B4).",
+        abstract: "Kiln's benchmarks: SSE fan-out (B1), idle streams (B2), throughput (B3), log ingest (B4), against a Hummingbird peer (B5).",
         subcommands: [RunCommand.self, SSEWorkerCommand.self],
         defaultSubcommand: RunCommand.self
     )
@@ -17,11 +17,14 @@ struct RunCommand: ParsableCommand {
         abstract: "Start a Kiln server per benchmark, run the chosen benchmarks, print a table, write JSON."
     )
 
-    @Argument(help: "Benchmarks to run: b1 b2 b3 b4, or all.")
+    @Argument(help: "Benchmarks to run: b1 b2 b3 b4 b5, or all.")
     var benchmarks: [String] = ["all"]
 
     @Option(help: "The kiln binary (default: ../.build/release/kiln from the benchmarks folder, else debug).")
     var kiln: String?
+
+    @Option(help: "B5: the peer server (default: peers/hummingbird-peer/.build/release/kiln-peer in the benchmarks folder).")
+    var peer: String?
 
     @Option(help: "Results file (default: <benchmarks>/results/latest.json).")
     var out: String?
@@ -56,6 +59,12 @@ struct RunCommand: ParsableCommand {
     @Option(help: "B4: lines the workload prints.")
     var b4Lines = 1_000_000
 
+    @Option(help: "B5: seconds of wrk against /healthz per server.")
+    var b5WrkSeconds = 10
+
+    @Option(help: "B5: wrk connections.")
+    var b5WrkConnections = 64
+
     @Option(help: "Before each benchmark, wait up to this many seconds for the machine to be idle (other work skews figures).")
     var waitIdle = 120.0
 
@@ -72,6 +81,7 @@ struct RunCommand: ParsableCommand {
         let benchDir = findBenchmarksDir()
         var cfg = BenchConfig()
         cfg.kiln = try kiln ?? findKiln(benchDir)
+        cfg.peer = peer ?? benchDir + "/peers/hummingbird-peer/.build/release/kiln-peer"
         cfg.quick = quick
         cfg.b1Cases = b1Cases.split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces) }
         cfg.b1Seconds = b1Seconds
@@ -82,12 +92,14 @@ struct RunCommand: ParsableCommand {
         cfg.b3Runs1 = b3Runs1
         cfg.b3Runs16 = b3Runs16
         cfg.b4Lines = b4Lines
+        cfg.b5WrkSeconds = b5WrkSeconds
+        cfg.b5WrkConnections = b5WrkConnections
         cfg.perProcess = perProcess
         cfg.loops = loops
         cfg.waitIdle = waitIdle
         var chosen = Set(benchmarks.map { $0.lowercased() })
-        if chosen.contains("all") { chosen = ["b1", "b2", "b3", "b4"] }
-        let unknown = chosen.subtracting(["b1", "b2", "b3", "b4"])
+        if chosen.contains("all") { chosen = ["b1", "b2", "b3", "b4", "b5"] }
+        let unknown = chosen.subtracting(["b1", "b2", "b3", "b4", "b5"])
         if !unknown.isEmpty { throw ValidationError("unknown benchmarks: \(unknown.sorted().joined(separator: ", "))") }
         log("kiln binary: \(cfg.kiln)\(quick ? " (quick sizes)" : "")")
 
@@ -95,7 +107,7 @@ struct RunCommand: ParsableCommand {
         let started = Date()
         let loadBefore = loadAverage()
         var cases: [CaseResult] = []
-        for b in ["b1", "b2", "b3", "b4"] where chosen.contains(b) {
+        for b in ["b1", "b2", "b3", "b4", "b5"] where chosen.contains(b) {
             let busy = waitIdle > 0 ? waitForQuietMachine(maxSeconds: waitIdle) : machineBusy(over: 1)
             let a = machineTicks()
             let t0 = monoNs()
@@ -104,7 +116,8 @@ struct RunCommand: ParsableCommand {
             case "b1": got = bench.b1()
             case "b2": got = bench.b2()
             case "b3": got = bench.b3()
-            default: got = bench.b4()
+            case "b4": got = bench.b4()
+            default: got = bench.b5()
             }
             let z = machineTicks()
             let machineCPU = Double(z.busy - a.busy) / Double(sysconf(Int32(_SC_CLK_TCK)))
@@ -133,6 +146,7 @@ struct RunCommand: ParsableCommand {
                               ("kernel", .str(kernel)),
                               ("loadavg_before", .str(loadBefore)), ("loadavg_after", .str(loadAverage()))])),
             ("kiln_binary", .str(cfg.kiln)),
+            ("peer_binary", chosen.contains("b5") ? .str(cfg.peer) : .null),
             ("benchmarks", .arr(chosen.sorted().map { .str($0) })),
             ("cases", .arr(cases.map { $0.json })),
         ])

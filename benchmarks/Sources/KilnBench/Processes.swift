@@ -35,17 +35,20 @@ func isZombie(_ pid: Int32) -> Bool {
 private let interruptSources = Locked<[DispatchSourceSignal]>([])
 
 /// A Kiln server started for one benchmark: its own temporary folder and database,
-/// a free port on 127.0.0.1, stdout and stderr to files.
+/// a free port on 127.0.0.1, stdout and stderr to files. B5 starts its peer (`kiln-peer`,
+/// the same command line) through this too; `name` tells them apart in messages.
 final class KilnServer: @unchecked Sendable {
     let binary: String
+    let name: String
     let dir: String
     let process = Process()
     private(set) var port = 0
 
     var pid: Int32 { process.processIdentifier }
 
-    init(binary: String, env extra: [String: String]) throws {
+    init(binary: String, name: String = "kiln", env extra: [String: String]) throws {
         self.binary = binary
+        self.name = name
         var template = Array("/tmp/kiln-bench-XXXXXX".utf8CString)
         guard let p = mkdtemp(&template) else { throw WireError("mkdtemp failed") }
         dir = String(cString: p)
@@ -66,7 +69,7 @@ final class KilnServer: @unchecked Sendable {
         try process.run()
         let spid = process.processIdentifier
         liveChildren.withLock { _ = $0.insert(spid) }
-        // Wait for "kiln 0.1.0 listening on http://127.0.0.1:PORT".
+        // Wait for "kiln 0.1.0 listening on http://127.0.0.1:PORT" (the peer prints the same).
         let deadline = monoNs() + 30_000_000_000
         while monoNs() < deadline {
             if let s = try? String(contentsOfFile: dir + "/server.out", encoding: .utf8),
@@ -80,9 +83,9 @@ final class KilnServer: @unchecked Sendable {
         if port == 0 {
             let err = (try? String(contentsOfFile: dir + "/server.err", encoding: .utf8)) ?? ""
             stop()
-            throw WireError("kiln did not start: \(err.suffix(500))")
+            throw WireError("\(name) did not start: \(err.suffix(500))")
         }
-        log("kiln pid \(pid) on 127.0.0.1:\(port) (\(dir))")
+        log("\(name) pid \(pid) on 127.0.0.1:\(port) (\(dir))")
     }
 
     /// VmRSS of the server in KiB, from /proc/PID/status.

@@ -54,7 +54,13 @@ enum JV: Sendable {
 
 /// One measured figure of a case, with its target when the issue sets one.
 struct Metric {
-    enum Goal { case atMost(Double), atLeast(Double), equals(Double) }
+    /// Which way a figure is better: latencies and memory lower, rates higher.
+    enum Better: Sendable { case lower, higher }
+    enum Goal {
+        case atMost(Double), atLeast(Double), equals(Double)
+        /// B5: the value is Kiln's, the payload the peer server's; met when Kiln is ahead.
+        case ahead(ofPeer: Double, Better)
+    }
     var name: String
     var value: Double
     var unit: String
@@ -67,8 +73,20 @@ struct Metric {
         case .atMost(let t): return value <= t
         case .atLeast(let t): return value >= t
         case .equals(let t): return value == t
+        case .ahead(let peer, let better):
+            guard peer.isFinite else { return false }
+            return better == .lower ? value < peer : value > peer
         }
     }
+
+    /// The peer's value, for B5's comparisons.
+    var peer: Double? {
+        if case .ahead(let p, _)? = goal { return p }
+        return nil
+    }
+
+    /// Kiln / peer (above 1 is ahead for rates, below 1 for latencies and memory).
+    var ratio: Double? { peer.map { value / $0 } }
 
     var targetText: String {
         guard let goal else { return "" }
@@ -76,6 +94,7 @@ struct Metric {
         case .atMost(let t): return "≤ " + fmt(t)
         case .atLeast(let t): return "≥ " + fmt(t)
         case .equals(let t): return "= " + fmt(t)
+        case .ahead(_, let better): return better == .lower ? "< peer" : "> peer"
         }
     }
 
@@ -86,6 +105,10 @@ struct Metric {
             case .atMost(let t): o.append(("target", .obj([("at_most", .num(t))])))
             case .atLeast(let t): o.append(("target", .obj([("at_least", .num(t))])))
             case .equals(let t): o.append(("target", .obj([("equals", .num(t))])))
+            case .ahead(let peer, let better):
+                o.append(("peer_value", .num(peer)))
+                o.append(("ratio_kiln_to_peer", .num(value / peer)))
+                o.append(("target", .obj([("kiln_ahead", .str(better == .lower ? "lower is better" : "higher is better"))])))
             }
             o.append(("met", .bool(met ?? false)))
         }
@@ -112,6 +135,15 @@ func fmt(_ v: Double) -> String {
     return String(format: "%.2f", v)
 }
 
+/// A ratio with about three significant digits.
+func ratioText(_ r: Double) -> String {
+    if !r.isFinite { return "n/a" }
+    if abs(r) >= 100 { return String(format: "%.0f", r) }
+    if abs(r) >= 10 { return String(format: "%.1f", r) }
+    if abs(r) >= 1 { return String(format: "%.2f", r) }
+    return String(format: "%.3g", r)
+}
+
 /// One benchmark case: its parameters, figures and any details worth keeping.
 struct CaseResult {
     var benchmark: String
@@ -132,13 +164,18 @@ struct CaseResult {
     }
 }
 
+/// The results as a table; with B5 in the run, two more columns: the peer's value and Kiln / peer.
 func printTable(_ cases: [CaseResult]) {
-    var rows: [[String]] = [["bench", "case", "metric", "value", "unit", "target", "met"]]
+    let comparing = cases.contains { $0.metrics.contains { $0.peer != nil } }
+    var rows: [[String]] = [["bench", "case", "metric", "value", "unit", "target", "met"] + (comparing ? ["peer", "kiln/peer"] : [])]
     for c in cases {
-        if let e = c.error { rows.append([c.benchmark, c.name, "ERROR", String(e.prefix(60)), "", "", "no"]) }
+        if let e = c.error {
+            rows.append([c.benchmark, c.name, "ERROR", String(e.prefix(60)), "", "", "no"] + (comparing ? ["", ""] : []))
+        }
         for m in c.metrics {
-            rows.append([c.benchmark, c.name, m.name, fmt(m.value), m.unit, m.targetText,
-                         m.met.map { $0 ? "yes" : "NO" } ?? ""])
+            var row = [c.benchmark, c.name, m.name, fmt(m.value), m.unit, m.targetText, m.met.map { $0 ? "yes" : "NO" } ?? ""]
+            if comparing { row += [m.peer.map(fmt) ?? "", m.ratio.map(ratioText) ?? ""] }
+            rows.append(row)
         }
     }
     var widths = [Int](repeating: 0, count: rows[0].count)
@@ -151,7 +188,7 @@ func printTable(_ cases: [CaseResult]) {
         last = key
         let line = cells.enumerated().map { i, c in
             let padN = widths[i] - c.count
-            return (i == 3) ? String(repeating: " ", count: padN) + c : c + String(repeating: " ", count: padN)
+            return (i == 3 || i >= 7) ? String(repeating: " ", count: padN) + c : c + String(repeating: " ", count: padN)
         }.joined(separator: "  ")
         print(line)
         if n == 0 { print(widths.map { String(repeating: "-", count: $0) }.joined(separator: "  ")) }
