@@ -131,17 +131,17 @@ enum ProcessLaunch {
     /// Writes the code and input into `folder`; returns argv (paths relative to the folder).
     static func prepare(_ spec: ExecutionSpec, in folder: String) throws -> Prepared {
         let input = "\(folder)/input.json"
-        try Data(spec.inputJSON.utf8).write(to: URL(fileURLWithPath: input))
+        try WorkFile.write(Array(spec.inputJSON.utf8), to: input)
         switch spec.runtime {
         case .python:
-            try Data(spec.code.utf8).write(to: URL(fileURLWithPath: "\(folder)/main.py"))
+            try WorkFile.write(Array(spec.code.utf8), to: "\(folder)/main.py")
             return Prepared(arguments: ["python3", "-u", "main.py"], stdinPath: input, rlimitMemory: true)
         case .node:
-            try Data(spec.code.utf8).write(to: URL(fileURLWithPath: "\(folder)/main.js"))
+            try WorkFile.write(Array(spec.code.utf8), to: "\(folder)/main.js")
             return Prepared(arguments: ["node", "--max-old-space-size=\(spec.resources.memMB)", "main.js"],
                             stdinPath: input, rlimitMemory: false)
         case .shell:
-            try Data(spec.code.utf8).write(to: URL(fileURLWithPath: "\(folder)/main.sh"))
+            try WorkFile.write(Array(spec.code.utf8), to: "\(folder)/main.sh")
             return Prepared(arguments: ["sh", "main.sh"], stdinPath: input, rlimitMemory: true)
         }
     }
