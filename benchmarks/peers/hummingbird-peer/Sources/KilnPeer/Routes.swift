@@ -64,9 +64,11 @@ struct PeerAPI: Sendable {
     let runner: Runner
     let hub: HeartbeatHub
     let subscribers: SubscriberCount
-    /// Lines and bytes taken from the log per write (as Kiln's stream source).
+    /// Lines and about how many bytes are taken from the log per write. With SwiftNIO's
+    /// write-buffer high watermark (64 KiB), after which a write waits, a stream holds at most
+    /// about 128 KiB of unsent data.
     static let readLines = 512
-    static let readBytes = 256 * 1024
+    static let readBytes = 64 * 1024
 
     func addRoutes(to router: Router<BasicRequestContext>) {
         router.get("/healthz") { _, _ in Health() }
@@ -154,17 +156,20 @@ struct PeerAPI: Sendable {
     private func pump(_ log: WorkloadLog, after: Int64, format: Format, sub: Subscriber,
                       to writer: inout any ResponseBodyWriter) async throws {
         var cursor = after
-        var buffer = ByteBufferAllocator().buffer(capacity: 4096)
+        let allocator = ByteBufferAllocator()
         while true {
             switch log.read(after: cursor, max: PeerAPI.readLines, maxBytes: PeerAPI.readBytes, waiter: sub) {
             case .lines(let lines):
-                buffer.clear()
+                // A buffer per write, sized for it: an idle stream keeps none.
+                var size = 0
+                for line in lines { size += line.text.utf8.count + 32 }
+                var buffer = allocator.buffer(capacity: format == .text ? size : size * 2 + 64)
                 for line in lines { SSE.event(line, format: format, into: &buffer) }
                 cursor = lines[lines.count - 1].seq
                 _ = sub.takeHeartbeat()
                 try await writer.write(buffer)
             case .end(let info, let lastSeq):
-                buffer.clear()
+                var buffer = allocator.buffer(capacity: 160)
                 SSE.end(info, lastSeq: lastSeq, into: &buffer)
                 try await writer.write(buffer)
                 return
@@ -174,9 +179,7 @@ struct PeerAPI: Sendable {
             case .wait:
                 if sub.isStopped { return }
                 if sub.takeHeartbeat() {
-                    buffer.clear()
-                    buffer.writeStaticString(": keepalive\n\n")
-                    try await writer.write(buffer)
+                    try await writer.write(SSE.keepalive)
                     continue
                 }
                 await sub.wait()
@@ -187,6 +190,8 @@ struct PeerAPI: Sendable {
 
 /// Server-Sent Events framing, the same bytes as Kiln's.
 enum SSE {
+    static let keepalive = ByteBuffer(string: ": keepalive\n\n")
+
     static func event(_ line: LogLine, format: PeerAPI.Format, into out: inout ByteBuffer) {
         out.writeStaticString("id: ")
         out.writeString(String(line.seq))
