@@ -5,7 +5,7 @@ SWIFT ?= swift
 APT_PACKAGES := libmicrohttpd-dev libsqlite3-dev libcurl4-openssl-dev pkg-config curl bubblewrap runsc
 CONFIG ?= release
 
-.PHONY: deps build release run test test-tsan clean embed
+.PHONY: deps build release run test test-tsan fuzz clean embed
 
 deps:
 	@missing=""; for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
@@ -35,8 +35,22 @@ test: deps
 test-tsan: deps
 	$(SWIFT) test --sanitize=thread --scratch-path .build-tsan --filter 'KilnEngineTests|KilnCoreTests'
 
+# libFuzzer (with AddressSanitizer) over request decoding and routing, for FUZZ_TIME
+# seconds: Sources/KilnFuzzSupport/FuzzHarness.swift. New inputs go to .build-fuzz/corpus
+# (the committed seeds in Tests/fuzz-corpus are read only), a crash to
+# .build-fuzz/artifacts/; replay one with `swift run kiln-fuzz -v FILE`.
+FUZZ_TIME ?= 60
+FUZZ_ARGS ?=
+fuzz: deps
+	$(SWIFT) build --scratch-path .build-fuzz -c debug --product kiln-fuzz \
+		-Xswiftc -sanitize=fuzzer,address -Xswiftc -DKILN_FUZZ
+	mkdir -p .build-fuzz/corpus .build-fuzz/artifacts
+	SWIFT_BACKTRACE=enable=no .build-fuzz/debug/kiln-fuzz .build-fuzz/corpus Tests/fuzz-corpus -dict=Tests/fuzz.dict \
+		-max_total_time=$(FUZZ_TIME) -max_len=16384 -timeout=10 -rss_limit_mb=4096 \
+		-artifact_prefix=.build-fuzz/artifacts/ -print_final_stats=1 $(FUZZ_ARGS)
+
 clean:
-	rm -rf .build .build-tsan
+	rm -rf .build .build-tsan .build-fuzz
 
 # Embeds the Node isolate host's source into the binary.
 embed:

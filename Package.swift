@@ -6,6 +6,8 @@ let package = Package(
     platforms: [.macOS(.v14)],
     products: [
         .executable(name: "kiln", targets: ["kiln"]),
+        // The fuzz target (make fuzz); built plainly it replays inputs.
+        .executable(name: "kiln-fuzz", targets: ["KilnFuzz"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-log", from: "1.16.2"),
@@ -63,13 +65,24 @@ let package = Package(
                 .product(name: "Prometheus", package: "swift-prometheus"),
             ]
         ),
+        // Request decoding and routing under a fuzzer, with an engine that runs nothing.
+        .target(
+            name: "KilnFuzzSupport",
+            dependencies: [
+                "KilnAPI", "KilnCore", "KilnEngine", "KilnStore", "KilnSystem", "CMicroHTTPD",
+                .product(name: "Logging", package: "swift-log"),
+            ]
+        ),
+        // Declares libFuzzer's driver, which only `make fuzz` links (-sanitize=fuzzer).
+        .systemLibrary(name: "CLibFuzzer", path: "CModules/CLibFuzzer"),
+        .executableTarget(name: "KilnFuzz", dependencies: ["KilnFuzzSupport", "CLibFuzzer"]),
         .target(name: "KilnTestSupport", dependencies: ["KilnCore"], path: "Tests/KilnTestSupport"),
         .testTarget(name: "KilnCoreTests", dependencies: ["KilnCore"]),
         .testTarget(name: "KilnSystemTests", dependencies: ["KilnSystem", "KilnTestSupport"]),
         .testTarget(name: "KilnStoreTests", dependencies: ["KilnStore", "KilnCore"]),
         .testTarget(name: "KilnEngineTests", dependencies: ["KilnEngine", "KilnStore", "KilnCore", "KilnSystem", "KilnTestSupport"]),
         .testTarget(name: "KilnIntegrationTests", dependencies: ["KilnTestSupport", "KilnCore"]),
-        .testTarget(name: "KilnAPITests", dependencies: ["KilnAPI", "KilnEngine", "KilnStore", "KilnTestSupport",
+        .testTarget(name: "KilnAPITests", dependencies: ["KilnAPI", "KilnEngine", "KilnStore", "KilnTestSupport", "KilnFuzzSupport",
                                                          .product(name: "Logging", package: "swift-log")]),
     ],
     swiftLanguageModes: [.v6]
