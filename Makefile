@@ -55,3 +55,16 @@ clean:
 # Embeds the Node isolate host's source into the binary.
 embed:
 	sh Sources/KilnEngine/isolate/embed.sh
+
+# Reliability checks (benchmarks/README.md, "Reliability"): R1 1,000 stream
+# connect/disconnect cycles under load, R2 SIGKILL during a 1,000,000-line workload and
+# restart, R3 the bad-request corpus (Tests/tools/badrequests.py), R4 mixed load for 60 s.
+# Each server is started and stopped by kiln-bench; PASS/FAIL per figure, results in
+# benchmarks/results/reliability.json, non-zero exit on a failure. About 2.5 minutes;
+# RELIABILITY_ARGS="--quick" for small sizes (about 20 s), or name checks: "r1 r2".
+RELIABILITY_ARGS ?=
+.PHONY: reliability
+reliability: deps
+	$(SWIFT) build -c release --product kiln
+	cd benchmarks && $(SWIFT) build -c release
+	benchmarks/.build/release/kiln-bench reliability --kiln $(CURDIR)/.build/release/kiln $(RELIABILITY_ARGS)

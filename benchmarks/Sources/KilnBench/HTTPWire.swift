@@ -32,6 +32,8 @@ struct ResponseParser {
 
     var isDone: Bool { if case .done = state { return true } else { return false } }
     var isUntilClose: Bool { if case .untilClose = state { return true } else { return false } }
+    /// Inside a chunk's data: the response stopped here would be cut in the middle of a chunk.
+    var isInChunkData: Bool { if case .chunkData = state { return true } else { return false } }
 
     /// Ready for the next response on a keep-alive connection.
     mutating func reset() {

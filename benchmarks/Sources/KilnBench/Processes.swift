@@ -46,12 +46,21 @@ final class KilnServer: @unchecked Sendable {
 
     var pid: Int32 { process.processIdentifier }
 
-    init(binary: String, name: String = "kiln", env extra: [String: String]) throws {
+    /// `reuseDir`: start on the folder (and so the database) of an earlier server, which must
+    /// have stopped: a restart (R2). Its earlier `server.out` and `server.err` are kept with a suffix.
+    init(binary: String, name: String = "kiln", env extra: [String: String], reuseDir: String? = nil) throws {
         self.binary = binary
         self.name = name
-        var template = Array("/tmp/kiln-bench-XXXXXX".utf8CString)
-        guard let p = mkdtemp(&template) else { throw WireError("mkdtemp failed") }
-        dir = String(cString: p)
+        if let reuseDir {
+            dir = reuseDir
+            var n = 1
+            while FileManager.default.fileExists(atPath: "\(dir)/server.out.\(n)") { n += 1 }
+            for f in ["server.out", "server.err"] { try? FileManager.default.moveItem(atPath: "\(dir)/\(f)", toPath: "\(dir)/\(f).\(n)") }
+        } else {
+            var template = Array("/tmp/kiln-bench-XXXXXX".utf8CString)
+            guard let p = mkdtemp(&template) else { throw WireError("mkdtemp failed") }
+            dir = String(cString: p)
+        }
         let d = dir
         liveDirs.withLock { _ = $0.insert(d) }
         process.executableURL = URL(fileURLWithPath: binary)
@@ -109,6 +118,15 @@ final class KilnServer: @unchecked Sendable {
             kill(pid, SIGKILL)
             process.waitUntilExit()
         }
+    }
+
+    /// Sends `sig` (SIGKILL: a crash) and waits until the process is gone; the folder stays,
+    /// so a new `KilnServer(..., reuseDir: dir)` restarts on the same database.
+    func terminate(with sig: Int32) {
+        defer { let p = pid; liveChildren.withLock { _ = $0.remove(p) } }
+        guard process.isRunning else { return }
+        kill(pid, sig)
+        process.waitUntilExit()
     }
 
     /// Removes the temporary folder (database and logs).

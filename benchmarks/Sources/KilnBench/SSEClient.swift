@@ -267,7 +267,11 @@ final class SSEWorker: @unchecked Sendable {
 
     func run() {
         raiseOpenFileLimit()
-        let req = Array("GET \(opts.path) HTTP/1.1\r\nHost: \(opts.host):\(opts.port)\r\nAccept: text/event-stream\r\nUser-Agent: kiln-bench\r\n\r\n".utf8)
+        // `path` may list several paths separated by spaces: stream i follows path i mod count
+        // (R4 spreads its subscribers over many workloads from one process).
+        let reqs = opts.path.split(separator: " ").map { path in
+            Array("GET \(path) HTTP/1.1\r\nHost: \(opts.host):\(opts.port)\r\nAccept: text/event-stream\r\nUser-Agent: kiln-bench\r\n\r\n".utf8)
+        }
         let permits = DispatchSemaphore(value: opts.connectConcurrency)
         let failed = ManagedAtomic<Int>(0)
         let finished = DispatchGroup()
@@ -280,6 +284,7 @@ final class SSEWorker: @unchecked Sendable {
             finished.enter()
             // Streams are registered on their loop; the handler is made there too.
             let mode = opts.mode
+            let req = reqs[i % reqs.count]
             let done = doneCount
             let heads = headCount
             let f = ClientBootstrap(group: loop)
