@@ -222,15 +222,6 @@ struct ServerFootprint {
     }
 }
 
-/// Threads of a process, from /proc/PID/status.
-func threadsOf(pid: Int32) -> Int {
-    guard let s = try? String(contentsOfFile: "/proc/\(pid)/status", encoding: .utf8) else { return -1 }
-    for line in s.split(separator: "\n") where line.hasPrefix("Threads:") {
-        return Int(line.dropFirst(8).trimmingCharacters(in: .whitespaces)) ?? -1
-    }
-    return -1
-}
-
 /// What each open fd of a process points at (`socket:[…]`, `pipe:[…]`, a path), by fd number.
 func fdTargets(pid: Int32) -> [Int: String] {
     var out: [Int: String] = [:]
