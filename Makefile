@@ -68,3 +68,19 @@ reliability: deps
 	$(SWIFT) build -c release --product kiln
 	cd benchmarks && $(SWIFT) build -c release
 	benchmarks/.build/release/kiln-bench reliability --kiln $(CURDIR)/.build/release/kiln $(RELIABILITY_ARGS)
+
+# Every benchmark (B1-B5, benchmarks/README.md) and every reliability check, then
+# benchmarks/RESULTS.md with the figures, the date and the commit. About 15 minutes on
+# 2 cores; run it on an otherwise idle machine. BENCH_ARGS go to `kiln-bench run`
+# (e.g. "--quick" for small sizes, about 3 minutes). A missed target does not stop the
+# run: RESULTS.md says by how much.
+BENCH_ARGS ?=
+.PHONY: bench
+bench: deps
+	@command -v wrk >/dev/null 2>&1 || (SUDO=""; [ "$$(id -u)" = 0 ] || SUDO=sudo; $$SUDO apt-get install -y -qq wrk)
+	$(SWIFT) build -c release --product kiln
+	cd benchmarks && $(SWIFT) build -c release
+	cd benchmarks/peers/hummingbird-peer && $(SWIFT) build -c release
+	-benchmarks/.build/release/kiln-bench run --kiln $(CURDIR)/.build/release/kiln $(BENCH_ARGS)
+	-benchmarks/.build/release/kiln-bench reliability --kiln $(CURDIR)/.build/release/kiln $(if $(findstring --quick,$(BENCH_ARGS)),--quick,)
+	python3 benchmarks/render_results.py
