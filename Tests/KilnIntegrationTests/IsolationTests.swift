@@ -288,7 +288,12 @@ final class Listener: @unchecked Sendable {
 
     var connections: Int { Int((try? String(contentsOfFile: countFile, encoding: .utf8)) ?? "0") ?? 0 }
 
-    func stop() { process.terminate() }
+    /// SIGKILL: a SIGTERM was seen to leave listeners behind (the signal can arrive blocked
+    /// from the test runner's thread).
+    func stop() {
+        kill(process.processIdentifier, SIGKILL)
+        process.waitUntilExit()
+    }
 }
 
 /// Lifecycles of what the backends keep outside a single workload.
