@@ -64,7 +64,7 @@ def miss_text(m):
     unit = m.get("unit", "")
     if "at_most" in t and t["at_most"]:
         goal = t["at_most"]
-        return f"over by {number(v - goal)} {unit} ({v / goal:.1f}× the target)"
+        return f"over by {number(v - goal)} {unit} ({v / goal:.2f}× the target)"
     if "at_least" in t and t["at_least"]:
         goal = t["at_least"]
         return f"short by {number(goal - v)} {unit} ({v / goal:.0%} of the target)"
@@ -82,6 +82,20 @@ def met_text(m):
     return "yes" if m.get("met") else "**NO**"
 
 
+def cell(text):
+    return str(text).replace("|", "\\|")
+
+
+def phase_rows(details):
+    """`/healthz` by phase of B2 (connect, hold, end), from the case's details."""
+    phases = details.get("healthz_by_phase") if isinstance(details, dict) else None
+    if not phases:
+        return []
+    return [(f"/healthz p99 while {name}", p.get("p99_ms"))
+            for name, p in (("connecting", phases.get("connect", {})), ("holding", phases.get("hold", {})),
+                            ("ending", phases.get("end", {})))]
+
+
 def table(cases, peer=False):
     out = []
     if peer:
@@ -97,14 +111,28 @@ def table(cases, peer=False):
             row = [c["benchmark"], c["case"], f"error: {c['error']}"] + [""] * (cols - 3)
             out.append("| " + " | ".join(row) + " |")
             continue
-        for m in c.get("metrics", []):
-            name = m["name"]
+        metrics = list(c.get("metrics", []))
+        details = c.get("details", {})
+        if peer and isinstance(details.get("kiln"), dict):
+            kiln_rows = dict(phase_rows(details["kiln"].get("details", {})))
+            peer_rows = dict(phase_rows((details.get("peer") or {}).get("details", {})))
+            metrics += [{"name": n, "value": v, "unit": "ms", "peer_value": peer_rows.get(n)}
+                        for n, v in kiln_rows.items()]
+        else:
+            metrics += [{"name": n, "value": v, "unit": "ms"} for n, v in phase_rows(details)]
+        for m in metrics:
+            name = cell(m["name"])
             lead = [c["benchmark"], c["case"]] if first else ["", ""]
             first = False
             if peer and "peer_value" in m:
+                ratio = m.get("ratio_kiln_to_peer")
+                if ratio is None and isinstance(m.get("peer_value"), (int, float)) and m["peer_value"]:
+                    ratio = round(m["value"] / m["peer_value"], 3)
                 out.append("| " + " | ".join(lead + [
-                    f"{name} ({m.get('unit', '')})", number(m["value"]), number(m["peer_value"]),
-                    number(m.get("ratio_kiln_to_peer")), target_text(m.get("target")), met_text(m), miss_text(m)]) + " |")
+                    f"{name} ({m.get('unit', '')})", number(m["value"]),
+                    number(m["peer_value"]) if m["peer_value"] is not None else "",
+                    number(ratio) if ratio is not None else "", target_text(m.get("target")), met_text(m),
+                    miss_text(m)]) + " |")
             elif peer:
                 out.append("| " + " | ".join(lead + [
                     f"{name} ({m.get('unit', '')})", number(m["value"]), "", "",
