@@ -31,9 +31,9 @@ test: deps
 	node --test Sources/KilnEngine/isolate/host-test.mjs
 	$(SWIFT) test
 
-# The log broker and engine suites under ThreadSanitizer.
+# The log broker, engine and HTTP-layer suites under ThreadSanitizer.
 test-tsan: deps
-	$(SWIFT) test --sanitize=thread --scratch-path .build-tsan --filter 'KilnEngineTests|KilnCoreTests'
+	$(SWIFT) test --sanitize=thread --scratch-path .build-tsan --filter 'KilnEngineTests|KilnCoreTests|KilnSystemTests'
 
 # libFuzzer (with AddressSanitizer) over request decoding and routing, for FUZZ_TIME
 # seconds: Sources/KilnFuzzSupport/FuzzHarness.swift. New inputs go to .build-fuzz/corpus

@@ -334,6 +334,9 @@ private let accessHandler: MHD_AccessHandlerCallback = { cls, connection, url, m
     }
     state.dispatched = true
     state.lock.unlock()
+    // The request is complete: whatever the answer waits for (a synchronous run, a log
+    // stream), the slow-client deadline no longer applies.
+    server.slowClients.answering(connection)
 
     switch server.responder.respond(to: state.request) {
     case .now(let response):
