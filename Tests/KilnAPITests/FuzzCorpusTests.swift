@@ -5,7 +5,9 @@ import KilnTestSupport
 
 /// The fuzz harness (make fuzz) outside libFuzzer: the committed seed corpus keeps every
 /// invariant, and the harness decodes requests the way the daemon does.
-@Suite struct FuzzCorpusTests {
+/// Serialized: the tests share `FuzzHarness.shared`, whose last answer and access line are
+/// per-check state.
+@Suite(.serialized) struct FuzzCorpusTests {
     @Test func theSeedCorpusKeepsEveryInvariant() throws {
         let folder = "\(KilnServer.packageRoot)/Tests/fuzz-corpus"
         let names = try FileManager.default.contentsOfDirectory(atPath: folder).sorted()

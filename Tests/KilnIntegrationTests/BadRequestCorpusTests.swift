@@ -13,7 +13,9 @@ import KilnTestSupport
 
     /// Runs the corpus; returns the number of cases, after recording every failing one.
     func runCorpus(_ s: KilnServer, _ options: [String]) throws -> Int {
-        let (status, out, err) = try Curl.exec("/usr/bin/env", ["python3", Self.script, "127.0.0.1:\(s.port)"] + options)
+        let (status, out, err) = try Curl.exec("/usr/bin/env", ["python3", Self.script, "127.0.0.1:\(s.port)",
+                                                                   // Liveness, not speed: a busy CI machine may be slow.
+                                                                   "--liveness-timeout", "15"] + options)
         let text = String(decoding: out, as: UTF8.self)
         let lines = text.split(separator: "\n")
         let failures = lines.filter { $0.hasPrefix("FAIL") }
