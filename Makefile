@@ -70,14 +70,14 @@ reliability: deps
 	benchmarks/.build/release/kiln-bench reliability --kiln $(CURDIR)/.build/release/kiln $(RELIABILITY_ARGS)
 
 # Every benchmark (B1-B5, benchmarks/README.md) and every reliability check, then
-# benchmarks/RESULTS.md with the figures, the date and the commit. About 15 minutes on
+# benchmarks/RESULTS.md with the figures, the date and the commit. About 8 minutes on
 # 2 cores; run it on an otherwise idle machine. BENCH_ARGS go to `kiln-bench run`
 # (e.g. "--quick" for small sizes, about 3 minutes). A missed target does not stop the
 # run: RESULTS.md says by how much.
 BENCH_ARGS ?=
 .PHONY: bench
 bench: deps
-	@command -v wrk >/dev/null 2>&1 || (SUDO=""; [ "$$(id -u)" = 0 ] || SUDO=sudo; $$SUDO apt-get install -y -qq wrk)
+	@$(MAKE) --no-print-directory deps APT_PACKAGES="$(APT_PACKAGES) wrk"
 	$(SWIFT) build -c release --product kiln
 	cd benchmarks && $(SWIFT) build -c release
 	cd benchmarks/peers/hummingbird-peer && $(SWIFT) build -c release

@@ -16,7 +16,7 @@ public final class HTTPServer: @unchecked Sendable {
         public var maxBodyBytes: Int
         /// libmicrohttpd's memory pool per connection: it holds the request head while it
         /// is read, then the write buffer that chunks are built in. It is the largest part of
-        /// an idle stream's memory (issue 6, B2: 16 KiB gave 16 KB per stream, 4 KiB gives
+        /// an idle stream's memory (issue 6, B2: 16 KiB gave 16 KB per stream without the response block, 4 KiB gives
         /// 7.4 KB). 4 KiB accepts a request line and headers of up to about 3.6 KiB; longer
         /// ones are answered 414 or 431 by libmicrohttpd.
         public var connectionMemoryLimit: Int

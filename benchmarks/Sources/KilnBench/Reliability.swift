@@ -348,7 +348,7 @@ final class Reliability: @unchecked Sendable {
                 defer { stayers.stop() }
                 let (ok, _) = try stayers.waitConnected(timeoutSeconds: 60)
                 try bench.waitSubscribers(client, ok, timeoutSeconds: 60)
-                // The burst is in (the broker's window is full), then a warm-up of 40 cycles:
+                // The burst is in (the broker's window is full), then a warm-up of 100 cycles:
                 // thread pools, allocator arenas and SQLite's cache reach their working size.
                 let burstDeadline = monoNs() + 60_000_000_000
                 while monoNs() < burstDeadline, ((try? bench.record(client, id))?["log_lines"] as? Int ?? 0) < Reliability.r1Burst {
