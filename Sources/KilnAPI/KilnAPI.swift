@@ -118,6 +118,13 @@ public final class KilnAPI: HTTPResponder, @unchecked Sendable {
         return r
     }
 
+    public func headTooLarge(_ request: HTTPRequest, limit: Int) -> HTTPResponse {
+        var r = APIError(431, "headers_too_large", "the request line and headers are larger than \(limit) bytes").response
+        if let cors = corsHeaders(origin: request.header("origin")) { r.headers.append(contentsOf: cors) }
+        r.headers.append(("Connection", "close"))
+        return r
+    }
+
     public func badRequest(_ request: HTTPRequest, reason: String) -> HTTPResponse {
         var r = APIError(400, "bad_request", reason).response
         if let cors = corsHeaders(origin: request.header("origin")) { r.headers.append(contentsOf: cors) }

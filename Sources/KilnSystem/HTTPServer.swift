@@ -17,9 +17,14 @@ public final class HTTPServer: @unchecked Sendable {
         /// libmicrohttpd's memory pool per connection: it holds the request head while it
         /// is read, then the write buffer that chunks are built in. It is the largest part of
         /// an idle stream's memory (issue 6, B2: 16 KiB gave 16 KB per stream without the response block, 4 KiB gives
-        /// 7.4 KB). 4 KiB accepts a request line and headers of up to about 3.6 KiB; longer
-        /// ones are answered 414 or 431 by libmicrohttpd.
+        /// 7.4 KB). 4 KiB holds a request line and headers of up to about 3.7 KiB; longer
+        /// ones are answered 414 or 431 by libmicrohttpd (or, just past that, the connection
+        /// is closed: its own answer no longer fits either).
         public var connectionMemoryLimit: Int
+        /// A request whose line and headers pass this many bytes gets `headTooLarge` (431):
+        /// what is left of the pool must still hold the response's headers and a stream's
+        /// chunks (a log stream needs about 400 bytes more than a plain answer).
+        public var maxHeadBytes: Int
         public var connectionLimit: Int
         /// Idle connections (not suspended) are closed after this long.
         public var connectionTimeoutSeconds: Int
@@ -36,7 +41,7 @@ public final class HTTPServer: @unchecked Sendable {
                     maxBodyBytes: Int = 10 << 20, connectionMemoryLimit: Int = 4 * 1024,
                     connectionLimit: Int = 19_500, connectionTimeoutSeconds: Int = 60,
                     streamBlockSize: Int = 8 * 1024, requestTimeoutSeconds: Int = 30,
-                    minBodyBytesPerSecond: Int = 500) {
+                    minBodyBytesPerSecond: Int = 500, maxHeadBytes: Int = 3 * 1024) {
             self.host = host
             self.port = port
             self.threads = max(1, threads)
@@ -47,6 +52,7 @@ public final class HTTPServer: @unchecked Sendable {
             self.streamBlockSize = streamBlockSize
             self.requestTimeoutSeconds = requestTimeoutSeconds
             self.minBodyBytesPerSecond = minBodyBytesPerSecond
+            self.maxHeadBytes = maxHeadBytes
         }
     }
 
@@ -282,6 +288,14 @@ private let accessHandler: MHD_AccessHandlerCallback = { cls, connection, url, m
         if let why = RequestFraming.problem(version: versionText, headers: headers.lines, folded: headers.folded) {
             state.rejected = true
             return server.queue(server.responder.badRequest(request, reason: why), on: state)
+        }
+        // A head that leaves too little of the connection's pool for the answer.
+        let headBytes = request.method.utf8.count + request.path.utf8.count + versionText.utf8.count
+            + request.query.reduce(0) { $0 + $1.key.utf8.count + $1.value.utf8.count + 2 }
+            + headers.lines.reduce(0) { $0 + $1.name.utf8.count + $1.value.utf8.count + 4 }
+        if headBytes > server.options.maxHeadBytes {
+            state.rejected = true
+            return server.queue(server.responder.headTooLarge(request, limit: server.options.maxHeadBytes), on: state)
         }
         // Refuse a declared oversize body before reading any of it. libmicrohttpd has
         // checked that it is a number below 2^64; one that does not fit an Int is too large.

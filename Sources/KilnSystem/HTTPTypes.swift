@@ -122,6 +122,15 @@ public protocol HTTPResponder: Sendable {
     /// Called for a request whose framing is refused (`RequestFraming`), before its body
     /// is read; the connection closes after the answer.
     func badRequest(_ request: HTTPRequest, reason: String) -> HTTPResponse
+    /// Called for a request whose line and headers pass `Options.maxHeadBytes`, before its
+    /// body is read; the connection closes after the answer.
+    func headTooLarge(_ request: HTTPRequest, limit: Int) -> HTTPResponse
     /// Called once per finished request, for the access log and metrics.
     func completed(_ request: HTTPRequest, status: Int, durationNanos: UInt64)
+}
+
+extension HTTPResponder {
+    public func headTooLarge(_ request: HTTPRequest, limit: Int) -> HTTPResponse {
+        HTTPResponse(status: 431, headers: [("Connection", "close")])
+    }
 }
