@@ -69,7 +69,7 @@ let package = Package(
         .target(
             name: "KilnFuzzSupport",
             dependencies: [
-                "KilnAPI", "KilnCore", "KilnEngine", "KilnStore", "KilnSystem", "CMicroHTTPD",
+                "KilnAPI", "KilnCore", "KilnEngine", "KilnStore", "KilnSystem",
                 .product(name: "Logging", package: "swift-log"),
             ]
         ),

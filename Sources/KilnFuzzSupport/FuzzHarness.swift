@@ -1,4 +1,3 @@
-import CMicroHTTPD
 import Foundation
 import KilnAPI
 import KilnCore
@@ -181,12 +180,10 @@ public final class FuzzHarness: @unchecked Sendable {
         ArraySlice(bytes.map { $0 == UInt8(ascii: "+") ? 0x20 : $0 })
     }
 
-    /// Percent-decoding with the daemon's own callback (`kiln_mhd_unescape`, C, under the
-    /// fuzzer's sanitizers too), on a C string: a NUL ends it.
+    /// Percent-decoding with the daemon's own callback (under the fuzzer's sanitizers too),
+    /// on a C string: a NUL ends it.
     static func unescape(_ bytes: ArraySlice<UInt8>) -> [UInt8] {
-        var buffer = bytes.prefix { $0 != 0 }.map { CChar(bitPattern: $0) } + [0]
-        let n = buffer.withUnsafeMutableBufferPointer { kiln_mhd_unescape(nil, nil, $0.baseAddress) }
-        return buffer[0..<n].map { UInt8(bitPattern: $0) }
+        PercentDecoding.decode(bytes)
     }
 
     func checkAnswer(_ api: KilnAPI, _ request: HTTPRequest, framing: String?) -> String? {

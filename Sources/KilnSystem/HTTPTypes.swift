@@ -1,3 +1,4 @@
+internal import CMicroHTTPD
 import Foundation
 
 /// One HTTP request as the daemon received it, body complete.
@@ -132,5 +133,16 @@ public protocol HTTPResponder: Sendable {
 extension HTTPResponder {
     public func headTooLarge(_ request: HTTPRequest, limit: Int) -> HTTPResponse {
         HTTPResponse(status: 431, headers: [("Connection", "close")])
+    }
+}
+
+/// The daemon's percent-decoding of paths and query values (`kiln_mhd_unescape`, which
+/// libmicrohttpd calls), for code that must decode exactly as the server does (the fuzz
+/// harness). The input ends at its first NUL, as a C string does.
+public enum PercentDecoding {
+    public static func decode<Bytes: Collection>(_ bytes: Bytes) -> [UInt8] where Bytes.Element == UInt8 {
+        var buffer = bytes.prefix { $0 != 0 }.map { CChar(bitPattern: $0) } + [0]
+        let n = buffer.withUnsafeMutableBufferPointer { kiln_mhd_unescape(nil, nil, $0.baseAddress) }
+        return buffer[0..<n].map { UInt8(bitPattern: $0) }
     }
 }
