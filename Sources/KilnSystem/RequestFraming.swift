@@ -40,10 +40,19 @@ public enum RequestFraming {
         }
         if hosts.count > 1 { return "more than one Host header" }
         if hosts.isEmpty, version != "HTTP/1.0" { return "an HTTP/1.1 request needs a Host header" }
-        if let host = hosts.first, !host.utf8.allSatisfy(isHostByte) {
+        // libmicrohttpd keeps white space after a value; RFC 9112 says it is not part of it.
+        // (Not so for Transfer-Encoding above: libmicrohttpd would not decode `chunked ` as
+        // chunked, so a padded one is refused rather than read to the end of the connection.)
+        if let host = hosts.first.map(trimmingOWS), !host.utf8.allSatisfy(isHostByte) {
             return "invalid Host header \(shown(host))"
         }
         return nil
+    }
+
+    /// The value without leading and trailing spaces and tabs (optional white space).
+    static func trimmingOWS(_ s: String) -> String {
+        let ows: Set<Character> = [" ", "\t"]
+        return String(s.drop { ows.contains($0) }.reversed().drop { ows.contains($0) }.reversed())
     }
 
     /// RFC 9110 token characters.
