@@ -20,17 +20,10 @@ struct RunCommand: ParsableCommand {
     @Argument(help: "Benchmarks to run: b1 b2 b3 b4 b5, or all.")
     var benchmarks: [String] = ["all"]
 
-    @Option(help: "The kiln binary (default: ../.build/release/kiln from the benchmarks folder, else debug).")
-    var kiln: String?
+    @OptionGroup var common: CommonOptions
 
     @Option(help: "B5: the peer server (default: peers/hummingbird-peer/.build/release/kiln-peer in the benchmarks folder).")
     var peer: String?
-
-    @Option(help: "Results file (default: <benchmarks>/results/latest.json).")
-    var out: String?
-
-    @Flag(help: "Small sizes, to check that everything works (a minute or two).")
-    var quick = false
 
     @Option(help: "B1 cases, comma-separated, each s<subscribers>-r<lines per second|max>; the issue's: s1000-r1000,s10000-r100,s1000-rmax.")
     var b1Cases = "s1000-r1000,s10000-r100,s1000-rmax"
@@ -75,12 +68,11 @@ struct RunCommand: ParsableCommand {
     var loops: Int?
 
     func run() throws {
-        raiseOpenFileLimit()
-        signal(SIGPIPE, SIG_IGN)
-        installInterruptHandler()
+        prepareProcess()
+        let quick = common.quick
         let benchDir = findBenchmarksDir()
         var cfg = BenchConfig()
-        cfg.kiln = try kiln ?? findKiln(benchDir)
+        cfg.kiln = try common.kiln ?? findKiln(benchDir)
         cfg.peer = peer ?? benchDir + "/peers/hummingbird-peer/.build/release/kiln-peer"
         cfg.quick = quick
         cfg.b1Cases = b1Cases.split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces) }
@@ -97,10 +89,7 @@ struct RunCommand: ParsableCommand {
         cfg.perProcess = perProcess
         cfg.loops = loops
         cfg.waitIdle = waitIdle
-        var chosen = Set(benchmarks.map { $0.lowercased() })
-        if chosen.contains("all") { chosen = ["b1", "b2", "b3", "b4", "b5"] }
-        let unknown = chosen.subtracting(["b1", "b2", "b3", "b4", "b5"])
-        if !unknown.isEmpty { throw ValidationError("unknown benchmarks: \(unknown.sorted().joined(separator: ", "))") }
+        let chosen = try selectNames(benchmarks, from: ["b1", "b2", "b3", "b4", "b5"], what: "benchmarks")
         log("kiln binary: \(cfg.kiln)\(quick ? " (quick sizes)" : "")")
 
         let bench = Bench(cfg)
@@ -133,28 +122,18 @@ struct RunCommand: ParsableCommand {
         printTable(cases)
 
         let iso = ISO8601DateFormatter()
-        var uts = utsname()
-        uname(&uts)
-        let kernel = withUnsafeBytes(of: &uts.release) { String(decoding: $0.prefix { $0 != 0 }, as: UTF8.self) }
         let doc: JV = .obj([
             ("tool", .str("kiln-bench")),
             ("started_at", .str(iso.string(from: started))),
             ("finished_at", .str(iso.string(from: Date()))),
             ("quick", .bool(quick)),
-            ("machine", .obj([("cores", .int(ProcessInfo.processInfo.activeProcessorCount)),
-                              ("memory_gib", .num(Double(ProcessInfo.processInfo.physicalMemory) / 1_073_741_824)),
-                              ("kernel", .str(kernel)),
-                              ("loadavg_before", .str(loadBefore)), ("loadavg_after", .str(loadAverage()))])),
+            ("machine", machineJSON(loadBefore: loadBefore)),
             ("kiln_binary", .str(cfg.kiln)),
             ("peer_binary", chosen.contains("b5") ? .str(cfg.peer) : .null),
             ("benchmarks", .arr(chosen.sorted().map { .str($0) })),
             ("cases", .arr(cases.map { $0.json })),
         ])
-        let outPath = out ?? benchDir + "/results/latest.json"
-        try FileManager.default.createDirectory(atPath: (outPath as NSString).deletingLastPathComponent,
-                                                withIntermediateDirectories: true)
-        try (doc.render() + "\n").write(toFile: outPath, atomically: true, encoding: .utf8)
-        print("\nresults written to \(outPath)")
+        try writeResults(doc, to: common.out ?? benchDir + "/results/latest.json")
         let missed = cases.filter { c in c.error != nil || c.metrics.contains { $0.met == false } }
         if !missed.isEmpty {
             print("targets missed in: " + missed.map { "\($0.benchmark) \($0.name)" }.joined(separator: "; "))

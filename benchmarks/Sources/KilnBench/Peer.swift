@@ -169,21 +169,9 @@ func findExecutable(_ name: String) -> String? {
 
 /// Runs wrk (`--latency`) to completion and parses its report.
 func runWrk(_ wrk: String, url: String, threads: Int, connections: Int, seconds: Int) throws -> WrkResult {
-    let p = Process()
-    p.executableURL = URL(fileURLWithPath: wrk)
-    p.arguments = ["-t\(threads)", "-c\(connections)", "-d\(seconds)s", "--timeout", "5s", "--latency", url]
-    let pipe = Pipe()
-    p.standardOutput = pipe
-    p.standardError = pipe
-    p.standardInput = FileHandle.nullDevice
-    try p.run()
-    let pid = p.processIdentifier
-    liveChildren.withLock { _ = $0.insert(pid) }
-    defer { liveChildren.withLock { _ = $0.remove(pid) } }
-    let data = pipe.fileHandleForReading.readDataToEndOfFile()
-    p.waitUntilExit()
-    let text = String(decoding: data, as: UTF8.self)
-    guard p.terminationStatus == 0 else { throw WireError("wrk exited with \(p.terminationStatus): \(text.suffix(300))") }
+    let (status, text) = runTool([wrk, "-t\(threads)", "-c\(connections)", "-d\(seconds)s", "--timeout", "5s", "--latency", url],
+                                 timeoutSeconds: Double(seconds) + 60)
+    guard status == 0 else { throw WireError("wrk exited with \(status): \(text.suffix(300))") }
     let r = parseWrk(text)
     guard r.requestsPerSecond.isFinite else { throw WireError("could not read wrk's report: \(text.suffix(300))") }
     return r

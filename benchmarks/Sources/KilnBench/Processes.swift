@@ -308,3 +308,31 @@ final class SubscriberFleet: @unchecked Sendable {
 
     func stop() { for w in workers { w.stop() } }
 }
+
+/// Runs a tool to its end (killed after `timeoutSeconds`), its stdout and stderr together;
+/// returns the exit status (128 + signal when killed by one) and the output.
+func runTool(_ argv: [String], timeoutSeconds: Double) -> (Int32, String) {
+    let p = Process()
+    p.executableURL = URL(fileURLWithPath: argv[0])
+    p.arguments = Array(argv.dropFirst())
+    let outPath = NSTemporaryDirectory() + "kiln-bench-tool-\(getpid())-\(UInt64.random(in: 0...UInt64.max)).out"
+    _ = FileManager.default.createFile(atPath: outPath, contents: nil)
+    defer { try? FileManager.default.removeItem(atPath: outPath) }
+    guard let fh = FileHandle(forWritingAtPath: outPath) else { return (-1, "cannot create \(outPath)") }
+    p.standardOutput = fh
+    p.standardError = fh
+    p.standardInput = FileHandle.nullDevice
+    do { try p.run() } catch { return (-1, "\(error)") }
+    let pid = p.processIdentifier
+    liveChildren.withLock { _ = $0.insert(pid) }
+    defer { liveChildren.withLock { _ = $0.remove(pid) } }
+    let deadline = monoNs() + UInt64(timeoutSeconds * 1e9)
+    while p.isRunning && monoNs() < deadline { usleep(50_000) }
+    if p.isRunning {
+        kill(pid, SIGKILL)
+        p.waitUntilExit()
+    }
+    try? fh.close()
+    let out = (try? String(contentsOfFile: outPath, encoding: .utf8)) ?? ""
+    return (p.terminationReason == .exit ? p.terminationStatus : 128 + p.terminationStatus, out)
+}

@@ -17,14 +17,9 @@ struct ReliabilityCommand: ParsableCommand {
     @Argument(help: "Checks to run: r1 r2 r3 r4, or all.")
     var checks: [String] = ["all"]
 
-    @Option(help: "The kiln binary (default: ../.build/release/kiln from the benchmarks folder, else debug).")
-    var kiln: String?
-
-    @Option(help: "Results file (default: <benchmarks>/results/reliability.json).")
-    var out: String?
-
-    @Flag(help: "Small sizes (R1 200 cycles, R2 200,000 lines, R3 without slow clients, R4 10 s, 100 subscribers, 10 workloads).")
-    var quick = false
+    /// `--quick`: R1 200 cycles, R2 200,000 lines, R3 without slow clients, R4 10 s, 100
+    /// subscribers, 10 workloads.
+    @OptionGroup var common: CommonOptions
 
     @Option(help: "R1: connect/disconnect cycles.")
     var r1Cycles = 1_000
@@ -66,12 +61,11 @@ struct ReliabilityCommand: ParsableCommand {
     var r4Rate = 50
 
     func run() throws {
-        raiseOpenFileLimit()
-        signal(SIGPIPE, SIG_IGN)
-        installInterruptHandler()
+        prepareProcess()
+        let quick = common.quick
         let benchDir = findBenchmarksDir()
         var cfg = BenchConfig()
-        cfg.kiln = try kiln ?? findKiln(benchDir)
+        cfg.kiln = try common.kiln ?? findKiln(benchDir)
         cfg.quick = quick
         var rc = ReliabilityConfig()
         rc.repoRoot = (benchDir as NSString).deletingLastPathComponent
@@ -86,13 +80,11 @@ struct ReliabilityCommand: ParsableCommand {
         rc.r2KillAfter = quick ? min(r2KillAfter, 50_000) : r2KillAfter
         rc.r2Rate = r2Rate
         rc.r4Subscribers = quick ? min(r4Subscribers, 100) : r4Subscribers
+        guard r4Workloads >= 1, r4Subscribers >= 0 else { throw ValidationError("--r4-workloads must be at least 1") }
         rc.r4Workloads = quick ? min(r4Workloads, 10) : r4Workloads
         rc.r4Seconds = quick ? min(r4Seconds, 10) : r4Seconds
         rc.r4Rate = r4Rate
-        var chosen = Set(checks.map { $0.lowercased() })
-        if chosen.contains("all") { chosen = ["r1", "r2", "r3", "r4"] }
-        let unknown = chosen.subtracting(["r1", "r2", "r3", "r4"])
-        if !unknown.isEmpty { throw ValidationError("unknown checks: \(unknown.sorted().joined(separator: ", "))") }
+        let chosen = try selectNames(checks, from: ["r1", "r2", "r3", "r4"], what: "checks")
         guard rc.r2KillAfter < rc.r2Lines else { throw ValidationError("--r2-kill-after must be below --r2-lines") }
         log("kiln binary: \(cfg.kiln)\(quick ? " (quick sizes)" : "")")
 
@@ -122,9 +114,7 @@ struct ReliabilityCommand: ParsableCommand {
             ("started_at", .str(ISO8601DateFormatter().string(from: started))),
             ("finished_at", .str(ISO8601DateFormatter().string(from: Date()))),
             ("quick", .bool(quick)),
-            ("machine", .obj([("cores", .int(ProcessInfo.processInfo.activeProcessorCount)),
-                              ("memory_gib", .num(Double(ProcessInfo.processInfo.physicalMemory) / 1_073_741_824)),
-                              ("loadavg_before", .str(loadBefore)), ("loadavg_after", .str(loadAverage()))])),
+            ("machine", machineJSON(loadBefore: loadBefore)),
             ("kiln_binary", .str(cfg.kiln)),
             ("checks", .arr(chosen.sorted().map { .str($0) })),
             ("passed", .bool(passed)),
@@ -134,11 +124,7 @@ struct ReliabilityCommand: ParsableCommand {
                 return .obj(o)
             })),
         ])
-        let outPath = out ?? benchDir + "/results/reliability.json"
-        try FileManager.default.createDirectory(atPath: (outPath as NSString).deletingLastPathComponent,
-                                                withIntermediateDirectories: true)
-        try (doc.render() + "\n").write(toFile: outPath, atomically: true, encoding: .utf8)
-        print("\nresults written to \(outPath)")
+        try writeResults(doc, to: common.out ?? benchDir + "/results/reliability.json")
         print("")
         for c in cases { print("\(c.passed ? "PASS" : "FAIL") \(c.benchmark) \(c.name)") }
         if !passed { throw ExitCode(1) }
@@ -720,32 +706,6 @@ final class Reliability: @unchecked Sendable {
     }
 
     /// Runs a tool with its output (stdout and stderr) to a file; kills it after the timeout.
-    func runTool(_ argv: [String], timeoutSeconds: Double) -> (Int32, String) {
-        let p = Process()
-        p.executableURL = URL(fileURLWithPath: argv[0])
-        p.arguments = Array(argv.dropFirst())
-        let outPath = NSTemporaryDirectory() + "kiln-bench-tool-\(getpid())-\(UInt64.random(in: 0...UInt64.max)).out"
-        _ = FileManager.default.createFile(atPath: outPath, contents: nil)
-        defer { try? FileManager.default.removeItem(atPath: outPath) }
-        guard let fh = FileHandle(forWritingAtPath: outPath) else { return (-1, "cannot create \(outPath)") }
-        p.standardOutput = fh
-        p.standardError = fh
-        p.standardInput = FileHandle.nullDevice
-        do { try p.run() } catch { return (-1, "\(error)") }
-        let pid = p.processIdentifier
-        liveChildren.withLock { _ = $0.insert(pid) }
-        defer { liveChildren.withLock { _ = $0.remove(pid) } }
-        let deadline = monoNs() + UInt64(timeoutSeconds * 1e9)
-        while p.isRunning && monoNs() < deadline { usleep(50_000) }
-        if p.isRunning {
-            kill(pid, SIGKILL)
-            p.waitUntilExit()
-        }
-        try? fh.close()
-        let out = (try? String(contentsOfFile: outPath, encoding: .utf8)) ?? ""
-        return (p.terminationReason == .exit ? p.terminationStatus : 128 + p.terminationStatus, out)
-    }
-
     // MARK: R3 (runs the corpus script)
 
     func r3() -> CaseResult {

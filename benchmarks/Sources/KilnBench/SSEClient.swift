@@ -269,7 +269,8 @@ final class SSEWorker: @unchecked Sendable {
         raiseOpenFileLimit()
         // `path` may list several paths separated by spaces: stream i follows path i mod count
         // (R4 spreads its subscribers over many workloads from one process).
-        let reqs = opts.path.split(separator: " ").map { path in
+        let paths = opts.path.split(separator: " ")
+        let reqs = (paths.isEmpty ? ["/"] : paths).map { path in
             Array("GET \(path) HTTP/1.1\r\nHost: \(opts.host):\(opts.port)\r\nAccept: text/event-stream\r\nUser-Agent: kiln-bench\r\n\r\n".utf8)
         }
         let permits = DispatchSemaphore(value: opts.connectConcurrency)
