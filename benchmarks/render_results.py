@@ -175,7 +175,9 @@ def main():
         sys.exit(f"no results: run `make bench` first ({args.bench}, {args.reliability})")
 
     commit = git("rev-parse", "--short", "HEAD")
-    dirty = git("status", "--porcelain", "--untracked-files=no", "--", "..")
+    # Changes to what the binaries are built from (results files don't count).
+    dirty = git("status", "--porcelain", "--untracked-files=no", "--", "../Package.swift", "../Sources", "../CModules",
+                "Package.swift", "Sources", "peers")
     lines = [
         "# Kiln benchmark and reliability results",
         "",
@@ -183,7 +185,7 @@ def main():
         "The method is in [README.md](README.md); the issue's targets are in the *target* column.",
         "",
         f"- Rendered {datetime.datetime.now(datetime.timezone.utc).strftime('%Y-%m-%d %H:%M UTC')} "
-        f"at commit `{commit}`{' (with uncommitted changes)' if dirty and dirty != 'unknown' else ''}.",
+        f"at commit `{commit}`{' (with uncommitted changes to the sources)' if dirty and dirty != 'unknown' else ''}.",
     ]
     if bench:
         lines.append(f"- Benchmarks run {bench.get('started_at', '?')} → {bench.get('finished_at', '?')}"
