@@ -25,20 +25,30 @@ public enum RawHTTP {
         public var text: String { String(decoding: body, as: UTF8.self) }
     }
 
-    /// Sends `request` to 127.0.0.1:`port`, reads one answer and then, for up to
-    /// `closeWait` seconds, whether the server closes the connection.
-    public static func exchange(port: Int, _ request: [UInt8], timeout: Double = 5, closeWait: Double = 1) throws -> Reply {
+    /// A blocking TCP socket connected to 127.0.0.1:`port`; the caller closes it.
+    public static func connect(port: Int) throws -> Int32 {
         let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
         guard fd >= 0 else { throw TestFailure("socket: \(errno)") }
-        defer { close(fd) }
         var addr = sockaddr_in()
         addr.sin_family = sa_family_t(AF_INET)
         addr.sin_port = in_port_t(UInt16(port).bigEndian)
         addr.sin_addr.s_addr = inet_addr("127.0.0.1")
         let rc = withUnsafePointer(to: &addr) {
-            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { Glibc.connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
         }
-        guard rc == 0 else { throw TestFailure("connect to port \(port): errno \(errno)") }
+        guard rc == 0 else {
+            let e = errno
+            close(fd)
+            throw TestFailure("connect to port \(port): errno \(e)")
+        }
+        return fd
+    }
+
+    /// Sends `request` to 127.0.0.1:`port`, reads one answer and then, for up to
+    /// `closeWait` seconds, whether the server closes the connection.
+    public static func exchange(port: Int, _ request: [UInt8], timeout: Double = 5, closeWait: Double = 1) throws -> Reply {
+        let fd = try connect(port: port)
+        defer { close(fd) }
         var sent = 0
         while sent < request.count {
             let n = request[sent...].withUnsafeBytes { send(fd, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL)) }
