@@ -8,6 +8,11 @@ import KilnCore
         LogLine(seq: seq, stream: .stdout, ts: 0, line: text ?? "line \(seq)")
     }
 
+    /// A store holding `stored`, as the broker reads it when a subscriber is behind the window.
+    func history(_ stored: [LogLine]) -> LogHistory {
+        { _, after, limit in Array(stored.filter { $0.seq > after }.prefix(limit)) }
+    }
+
     func collect(_ stream: AsyncStream<LogLine>, count: Int? = nil) async -> [LogLine] {
         var out: [LogLine] = []
         for await l in stream {
@@ -91,9 +96,7 @@ import KilnCore
 
     @Test func cursorReadsFromHistoryWhenBehindTheWindow() {
         let stored = (1...50).map { line(Int64($0)) }
-        let broker = LogBroker(windowLines: 5) { _, after, limit in
-            Array(stored.filter { $0.seq > after }.prefix(limit))
-        }
+        let broker = LogBroker(windowLines: 5, history: history(stored))
         broker.open("w")
         broker.publish("w", stored)
         broker.markPersisted("w", upTo: 50)
@@ -108,9 +111,7 @@ import KilnCore
     @Test func framedReadsGetFramesWithinTheBudgetThenHistoryAsLines() {
         let stored = (1...30).map { line(Int64($0)) }
         let encoded = EncodeCount()
-        let broker = LogBroker(windowLines: 10, history: { _, after, limit in
-            Array(stored.filter { $0.seq > after }.prefix(limit))
-        }, frame: { l in encoded.add(); return Array("<\(l.seq)>".utf8) })
+        let broker = LogBroker(windowLines: 10, history: history(stored), frame: { l in encoded.add(); return Array("<\(l.seq)>".utf8) })
         broker.open("w")
         broker.publish("w", Array(stored[0..<20]))
         broker.markPersisted("w", upTo: 20)
@@ -194,9 +195,7 @@ import KilnCore
 
     @Test func theWindowIsBoundedInBytes() {
         let stored = (1...200).map { line(Int64($0), String(repeating: "y", count: 64 * 1024)) }
-        let broker = LogBroker(windowLines: 10_000, windowBytes: 1 << 20) { _, after, limit in
-            Array(stored.filter { $0.seq > after }.prefix(limit))
-        }
+        let broker = LogBroker(windowLines: 10_000, windowBytes: 1 << 20, history: history(stored))
         broker.open("w")
         broker.publish("w", stored)
         broker.markPersisted("w", upTo: 200)
