@@ -167,10 +167,12 @@ public final class WorkloadLog: @unchecked Sendable {
         self.frame = frame
     }
 
-    /// What a line costs in memory: its text and record, plus its frame when there is one.
-    private func size(_ l: LogLine) -> Int {
-        let n = l.line.utf8.count
-        return frame == nil ? n + 64 : 2 * n + 112
+    /// A line's size in a read's byte budget: its text and record.
+    private static func size(_ l: LogLine) -> Int { l.line.utf8.count + 64 }
+
+    /// What a line costs the window in memory: its size, plus its frame when there is one.
+    private func memory(_ l: LogLine) -> Int {
+        WorkloadLog.size(l) + (frame == nil ? 0 : l.line.utf8.count + 48)
     }
 
     public var lastSeq: Int64 {
@@ -187,7 +189,7 @@ public final class WorkloadLog: @unchecked Sendable {
         if end != nil { lock.unlock(); return }
         window.append(contentsOf: lines)
         if let encoded { frames.append(contentsOf: encoded) }
-        for l in lines { liveBytes += size(l) }
+        for l in lines { liveBytes += memory(l) }
         lastSeqValue = lines.last!.seq
         trim()
         let toWake = waiters
@@ -209,7 +211,7 @@ public final class WorkloadLog: @unchecked Sendable {
         guard history != nil else { return }
         var live = window.count - head
         while (live > windowLines || liveBytes > windowBytes), head < window.count, window[head].seq <= persisted {
-            liveBytes -= size(window[head])
+            liveBytes -= memory(window[head])
             head += 1
             live -= 1
         }
@@ -265,7 +267,7 @@ public final class WorkloadLog: @unchecked Sendable {
                 var stop = start
                 var bytes = 0
                 while stop < window.count && stop - start < max && bytes < maxBytes {
-                    bytes += size(window[stop])
+                    bytes += WorkloadLog.size(window[stop])
                     stop += 1
                 }
                 let lines = Array(window[start..<stop])
