@@ -292,8 +292,9 @@ public struct GVisorBackend: Backend {
         defer { cleanUp(state: state, container: container, id: spec.id) }
         do {
             try FileManager.default.createDirectory(atPath: bundle, withIntermediateDirectories: true)
-            try Data(config(spec, work: folder.path, command: command, rlimitMemory: prepared.rlimitMemory).encoded())
-                .write(to: URL(fileURLWithPath: "\(bundle)/config.json"))
+            // Per workload, like its code and input: written without an fsync.
+            try WorkFile.write(config(spec, work: folder.path, command: command, rlimitMemory: prepared.rlimitMemory).encoded(),
+                               to: "\(bundle)/config.json")
             // Not in a PID namespace of Kiln's (runsc writes uid maps through the host's /proc),
             // and no RLIMIT_AS on runsc itself (its Go runtime cannot start under one).
             let child = try ChildProcess.spawn(SpawnSpec(

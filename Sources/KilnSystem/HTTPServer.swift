@@ -16,8 +16,8 @@ public final class HTTPServer: @unchecked Sendable {
         public var maxBodyBytes: Int
         /// libmicrohttpd's memory pool per connection: it holds the request head while it
         /// is read, then the write buffer that chunks are built in. It is the largest part of
-        /// an idle stream's memory (issue 6, B2: 16 KiB gave 16 KB per stream without the response block, 4 KiB gives
-        /// 7.4 KB). 4 KiB holds a request line and headers of up to about 3.7 KiB; longer
+        /// an idle stream's memory (issue 6, B2: with 16 KiB, 16 KB per stream besides the
+        /// response block; with 4 KiB, 7.4 KB in all). 4 KiB holds a request line and headers of up to about 3.7 KiB; longer
         /// ones are answered 414 or 431 by libmicrohttpd (or, just past that, the connection
         /// is closed: its own answer no longer fits either).
         public var connectionMemoryLimit: Int
