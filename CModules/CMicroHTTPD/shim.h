@@ -74,7 +74,9 @@ static inline struct MHD_Daemon *kiln_mhd_start(unsigned int flags,
                                                 MHD_RequestCompletedCallback completed,
                                                 void *completed_cls,
                                                 MHD_NotifyConnectionCallback notify_connection,
-                                                void *notify_connection_cls) {
+                                                void *notify_connection_cls,
+                                                void *(*uri_log)(void *cls, const char *uri, struct MHD_Connection *con),
+                                                void *uri_log_cls) {
     struct MHD_OptionItem ops[] = {
         {MHD_OPTION_LISTEN_SOCKET, listen_fd, NULL},
         {MHD_OPTION_THREAD_POOL_SIZE, pool_threads, NULL},
@@ -84,6 +86,9 @@ static inline struct MHD_Daemon *kiln_mhd_start(unsigned int flags,
         {MHD_OPTION_NOTIFY_COMPLETED, (intptr_t)completed, completed_cls},
         {MHD_OPTION_NOTIFY_CONNECTION, (intptr_t)notify_connection, notify_connection_cls},
         {MHD_OPTION_UNESCAPE_CALLBACK, (intptr_t)kiln_mhd_unescape, NULL},
+        /* The request target exactly as received, before libmicrohttpd splits and
+           decodes it: Kiln parses it once itself (RequestTarget.swift). */
+        {MHD_OPTION_URI_LOG_CALLBACK, (intptr_t)uri_log, uri_log_cls},
         {MHD_OPTION_END, 0, NULL},
     };
     return MHD_start_daemon(flags, 0, NULL, NULL, handler, handler_cls,

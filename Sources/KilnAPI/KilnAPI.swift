@@ -43,21 +43,22 @@ public final class KilnAPI: HTTPResponder, @unchecked Sendable {
     public func beginShutdown() { shuttingDownFlag.set() }
     var isShuttingDown: Bool { shuttingDownFlag.isSet }
 
+    /// Every route says who may call it; `dispatch` checks that before any handler runs.
     private func makeRouter() -> Router {
         var r = Router()
-        r.add("GET", "/healthz") { [unowned self] req, _ in .now(healthz(req)) }
-        r.add("GET", "/metrics") { [unowned self] _, _ in
+        r.add("GET", "/healthz", .open) { [unowned self] req, _ in .now(healthz(req)) }
+        r.add("GET", "/metrics", .open) { [unowned self] _, _ in
             .now(HTTPResponse(status: 200, headers: [("Content-Type", "text/plain; version=0.0.4; charset=utf-8")], body: .bytes(metricsText())))
         }
-        r.add("POST", "/v1/workloads") { [unowned self] req, _ in submit(req, sync: true) }
-        r.add("GET", "/v1/workloads") { [unowned self] req, _ in .now(result { try list(req) }) }
-        r.add("POST", "/v1/workloads/async") { [unowned self] req, _ in submit(req, sync: false) }
-        r.add("GET", "/v1/workloads/{id}") { [unowned self] _, p in .now(result { try get(p["id"]!) }) }
-        r.add("DELETE", "/v1/workloads/{id}") { [unowned self] _, p in kill(p["id"]!) }
-        r.add("GET", "/v1/workloads/{id}/logs") { [unowned self] req, p in .now(result { try streamLogs(req, id: p["id"]!) }) }
-        r.add("GET", "/v1/workloads/{id}/logs/history") { [unowned self] req, p in .now(result { try history(req, id: p["id"]!) }) }
-        r.add("GET", "/v1/backends") { [unowned self] _, _ in .now(backends()) }
-        r.add("GET", "/v1/stats") { [unowned self] _, _ in .now(result { try stats() }) }
+        r.add("POST", "/v1/workloads", .token) { [unowned self] req, _ in submit(req, sync: true) }
+        r.add("GET", "/v1/workloads", .token) { [unowned self] req, _ in .now(result { try list(req) }) }
+        r.add("POST", "/v1/workloads/async", .token) { [unowned self] req, _ in submit(req, sync: false) }
+        r.add("GET", "/v1/workloads/{id}", .token) { [unowned self] _, c in .now(result { try get(c.parameters["id"]!) }) }
+        r.add("DELETE", "/v1/workloads/{id}", .token) { [unowned self] _, c in kill(c.parameters["id"]!) }
+        r.add("GET", "/v1/workloads/{id}/logs", .tokenOrQuery) { [unowned self] req, c in .now(result { try streamLogs(req, id: c.parameters["id"]!) }) }
+        r.add("GET", "/v1/workloads/{id}/logs/history", .token) { [unowned self] req, c in .now(result { try history(req, id: c.parameters["id"]!) }) }
+        r.add("GET", "/v1/backends", .token) { [unowned self] _, _ in .now(backends()) }
+        r.add("GET", "/v1/stats", .token) { [unowned self] _, _ in .now(result { try stats() }) }
         return r
     }
 
@@ -76,7 +77,7 @@ public final class KilnAPI: HTTPResponder, @unchecked Sendable {
 
     public func respond(to request: HTTPRequest) -> HTTPResult {
         let origin = request.header("origin")
-        let outcome = route(request)
+        let outcome = dispatch(request)
         guard let cors = corsHeaders(origin: origin) else { return outcome }
         switch outcome {
         case .now(var response):
@@ -87,7 +88,18 @@ public final class KilnAPI: HTTPResponder, @unchecked Sendable {
         }
     }
 
-    private func route(_ request: HTTPRequest) -> HTTPResult {
+    /// The one path from a request to a handler: target form, CORS preflight, route,
+    /// then the route's access check, and only then its handler.
+    private func dispatch(_ request: HTTPRequest) -> HTTPResult {
+        switch request.target.form {
+        case .origin, .absolute:
+            break
+        case .asterisk:
+            // `OPTIONS *` asks about the server as a whole (RFC 9110 section 9.3.7).
+            return .now(HTTPResponse(status: 204, headers: [("Allow", "GET, HEAD, POST, DELETE, OPTIONS")]))
+        case .invalid:
+            return .now(APIError(400, "bad_request", "the request target is not valid").response)
+        }
         if request.method == "OPTIONS", config.corsOrigins != nil, request.header("access-control-request-method") != nil {
             return .now(HTTPResponse(status: 204, headers: [
                 ("Access-Control-Allow-Methods", "GET, POST, DELETE, OPTIONS"),
@@ -95,19 +107,24 @@ public final class KilnAPI: HTTPResponder, @unchecked Sendable {
                 ("Access-Control-Max-Age", "600"),
             ]))
         }
-        if request.path.hasPrefix("/v1/") || request.path == "/v1",
-           let failure = authenticate(request, allowQueryToken: request.method == "GET" && request.path.hasSuffix("/logs")) {
+        let match = router.match(method: request.method, target: request.target)
+        if case .found(let route, let params) = match {
+            if route.access.needsToken, let failure = authenticate(request, allowQueryToken: route.access.queryToken) {
+                return .now(failure.response)
+            }
+            return route.handler(request, RouteContext(parameters: params))
+        }
+        // No handler: an unauthenticated caller learns nothing about the API's routes.
+        if request.target.segments.first == "v1", let failure = authenticate(request, allowQueryToken: false) {
             return .now(failure.response)
         }
-        switch router.match(method: request.method, path: request.path) {
-        case .notFound:
-            return .now(APIError(404, "not_found", "no route for \(request.path)").response)
+        switch match {
         case .methodNotAllowed(let allowed, _):
             let allow = (allowed + (allowed.contains("GET") ? ["HEAD"] : [])).joined(separator: ", ")
             return .now(APIError(405, "method_not_allowed", "\(request.method) is not allowed on \(request.path); allowed: \(allow)",
                                  headers: [("Allow", allow)]).response)
-        case .found(let handler, let params, _):
-            return handler(request, params)
+        case .notFound, .found:
+            return .now(APIError(404, "not_found", "no route for \(request.path)").response)
         }
     }
 
@@ -135,8 +152,9 @@ public final class KilnAPI: HTTPResponder, @unchecked Sendable {
     public func completed(_ request: HTTPRequest, status: Int, durationNanos: UInt64) {
         let ms = Double(durationNanos) / 1_000_000
         let template: String
-        switch router.match(method: request.method, path: request.path) {
-        case .found(_, _, let t), .methodNotAllowed(_, let t): template = t
+        switch router.match(method: request.method, target: request.target) {
+        case .found(let route, _): template = route.template
+        case .methodNotAllowed(_, let t): template = t
         case .notFound: template = "unmatched"
         }
         let line = JSON.object([

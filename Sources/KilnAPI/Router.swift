@@ -6,19 +6,28 @@ public struct Parameters: Sendable {
     public subscript(name: String) -> String? { values[name] }
 }
 
-public typealias RouteHandler = @Sendable (HTTPRequest, Parameters) -> HTTPResult
+/// What a handler gets besides the request. A handler cannot be reached without the auth
+/// step: `KilnAPI` builds the context only after the route's `RouteAccess` was checked.
+public struct RouteContext: Sendable {
+    public var parameters: Parameters
+}
 
-/// Method + path template routing: `{name}` segments capture one path segment.
+public typealias RouteHandler = @Sendable (HTTPRequest, RouteContext) -> HTTPResult
+
+/// Method + path template routing over the parsed target's segments: `{name}` segments
+/// capture one segment. Every route states who may call it (`RouteAccess`); there is no
+/// way to add one without.
 public struct Router: Sendable {
-    struct Route: Sendable {
-        var method: String
-        var template: String
+    public struct Route: Sendable {
+        public var method: String
+        public var template: String
+        public var access: RouteAccess
         var segments: [Substring]
         var handler: RouteHandler
     }
 
     public enum Match {
-        case found(RouteHandler, Parameters, template: String)
+        case found(Route, Parameters)
         case methodNotAllowed(allowed: [String], template: String)
         case notFound
     }
@@ -27,22 +36,30 @@ public struct Router: Sendable {
 
     public init() {}
 
-    public mutating func add(_ method: String, _ template: String, _ handler: @escaping RouteHandler) {
-        routes.append(Route(method: method, template: template, segments: template.split(separator: "/"), handler: handler))
+    public mutating func add(_ method: String, _ template: String, _ access: RouteAccess, _ handler: @escaping RouteHandler) {
+        routes.append(Route(method: method, template: template, access: access,
+                            segments: template.split(separator: "/"), handler: handler))
     }
 
     /// Every registered (method, template) pair, for the OpenAPI check.
     public var table: [(method: String, template: String)] { routes.map { ($0.method, $0.template) } }
 
-    public func match(method: String, path: String) -> Match {
-        let parts = path.split(separator: "/", omittingEmptySubsequences: false).dropFirst()
-        let segments = parts.last == "" && parts.count > 1 ? Array(parts.dropLast()) : Array(parts)
+    /// Every route with its access rule, for the access tests.
+    public var accessTable: [(method: String, template: String, access: RouteAccess)] {
+        routes.map { ($0.method, $0.template, $0.access) }
+    }
+
+    public func match(method: String, target: RequestTarget) -> Match {
+        guard target.form == .origin || target.form == .absolute else { return .notFound }
+        var segments = target.segments[...]
+        // One trailing slash is the same resource: `/v1/workloads/` is the list.
+        if segments.count > 1, segments.last == "" { segments = segments.dropLast() }
         var allowed: [String] = []
         var allowedTemplate = ""
         for route in routes {
             guard let params = Router.bind(route.segments, segments) else { continue }
             if route.method == method || (method == "HEAD" && route.method == "GET") {
-                return .found(route.handler, params, template: route.template)
+                return .found(route, params)
             }
             allowed.append(route.method)
             allowedTemplate = route.template
@@ -51,13 +68,13 @@ public struct Router: Sendable {
         return .notFound
     }
 
-    private static func bind(_ template: [Substring], _ path: [Substring]) -> Parameters? {
+    private static func bind(_ template: [Substring], _ path: ArraySlice<String>) -> Parameters? {
         guard template.count == path.count else { return nil }
         var p = Parameters()
         for (t, s) in zip(template, path) {
             if t.hasPrefix("{") && t.hasSuffix("}") {
                 if s.isEmpty { return nil }
-                p.values[String(t.dropFirst().dropLast())] = String(s)
+                p.values[String(t.dropFirst().dropLast())] = s
             } else if t != s {
                 return nil
             }

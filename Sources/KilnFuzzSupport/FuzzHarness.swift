@@ -17,9 +17,9 @@ import Logging
 ///   also submitted as a `POST /v1/workloads` body.
 /// - bit 2 set: the rest is a request: `METHOD TARGET` on the first line, `Name: value`
 ///   header lines, an empty line, then the body (lines end with LF). It is decoded the
-///   way libmicrohttpd and Kiln decode a request (percent-decoding without `%00`, a NUL
-///   ending the path, header names lowercased, repeated headers joined, the first of
-///   repeated query keys) and answered by `RequestFraming` and `KilnAPI.respond(to:)`.
+///   way libmicrohttpd and Kiln decode a request (the target through `RequestTarget`, a
+///   NUL ending it, header names lowercased, repeated headers joined) and answered by
+///   `RequestFraming` and `KilnAPI.respond(to:)`; a refused target gets `badRequest`.
 ///
 /// Invariants: no crash; every answer is 2xx or 4xx; a 4xx has a JSON error body with a
 /// code and a message; 405 names the allowed methods (not the one used), 401 asks for a
@@ -105,8 +105,8 @@ public final class FuzzHarness: @unchecked Sendable {
             let request = HTTPRequest(method: "POST", path: "/v1/workloads", headers: ["authorization": "Bearer \(FuzzHarness.token)"], body: rest)
             return checkAnswer(api, request, framing: nil)
         }
-        let (request, lines) = FuzzHarness.decodeRequest(rest)
-        return checkAnswer(api, request, framing: RequestFraming.problem(version: "HTTP/1.1", headers: lines))
+        let (request, lines, targetProblem) = FuzzHarness.decodeRequest(rest)
+        return checkAnswer(api, request, framing: targetProblem ?? RequestFraming.problem(version: "HTTP/1.1", headers: lines))
     }
 
     // MARK: JSON
@@ -127,7 +127,7 @@ public final class FuzzHarness: @unchecked Sendable {
     // MARK: Requests
 
     /// Decodes `METHOD TARGET\nName: value\n...\n\nbody` the way the daemon would hand it over.
-    static func decodeRequest(_ bytes: [UInt8]) -> (HTTPRequest, [(name: String, value: String)]) {
+    static func decodeRequest(_ bytes: [UInt8]) -> (HTTPRequest, [(name: String, value: String)], targetProblem: String?) {
         let lf = UInt8(ascii: "\n")
         var headEnd = bytes.count
         var bodyStart = bytes.count
@@ -140,20 +140,9 @@ public final class FuzzHarness: @unchecked Sendable {
         let first = head.first ?? []
         let space = first.firstIndex(of: UInt8(ascii: " "))
         let method = cString(space.map { first[first.startIndex..<$0] } ?? first[...])
-        var target = space.map { Array(first[($0 + 1)...]) } ?? Array("/".utf8)
-        if target.isEmpty { target = Array("/".utf8) }
-        var query: [String: String] = [:]
-        var pathBytes = target
-        if let q = target.firstIndex(of: UInt8(ascii: "?")) {
-            pathBytes = Array(target[..<q])
-            for pair in target[(q + 1)...].split(separator: UInt8(ascii: "&")) {
-                let eq = pair.firstIndex(of: UInt8(ascii: "="))
-                let key = cString(unescape(plusToSpace(eq.map { pair[pair.startIndex..<$0] } ?? pair[...])))
-                let value = eq.map { cString(unescape(plusToSpace(pair[($0 + 1)...]))) } ?? ""
-                if query[key] == nil { query[key] = value }
-            }
-        }
-        let path = cString(unescape(pathBytes[...]))
+        // The daemon hands over the target as a C string, and parses it with RequestTarget.
+        let raw: [UInt8] = space.map { Array(first[($0 + 1)...].prefix { $0 != 0 }) } ?? []
+        let parsed = RequestTarget.parse(raw, method: method)
         var headers: [String: String] = [:]
         var lines: [(name: String, value: String)] = []
         for line in head.dropFirst() where !line.isEmpty {
@@ -167,23 +156,16 @@ public final class FuzzHarness: @unchecked Sendable {
             headers[key] = headers[key].map { $0 + ", " + value } ?? value
         }
         let body = bodyStart < bytes.count ? Array(bytes[bodyStart...]) : []
-        return (HTTPRequest(method: method, path: path, query: query, headers: headers, body: body, requestID: "fuzz"), lines)
+        let request = HTTPRequest(method: method, target: (try? parsed.get()) ?? .invalid, headers: headers, body: body, requestID: "fuzz")
+        var targetProblem: String? = nil
+        if case .failure(let why) = parsed { targetProblem = why.description }
+        return (request, lines, targetProblem)
     }
 
     /// What `String(cString:)` makes of bytes: up to the first NUL, invalid UTF-8 repaired.
     static func cString<C: Collection>(_ bytes: C) -> String where C.Element == UInt8 {
         let upToNul = bytes.prefix { $0 != 0 }
         return String(decoding: Array(upToNul), as: UTF8.self)
-    }
-
-    static func plusToSpace(_ bytes: ArraySlice<UInt8>) -> ArraySlice<UInt8> {
-        ArraySlice(bytes.map { $0 == UInt8(ascii: "+") ? 0x20 : $0 })
-    }
-
-    /// Percent-decoding with the daemon's own callback (under the fuzzer's sanitizers too),
-    /// on a C string: a NUL ends it.
-    static func unescape(_ bytes: ArraySlice<UInt8>) -> [UInt8] {
-        PercentDecoding.decode(bytes)
     }
 
     func checkAnswer(_ api: KilnAPI, _ request: HTTPRequest, framing: String?) -> String? {

@@ -92,7 +92,8 @@ public final class HTTPServer: @unchecked Sendable {
         let d = kiln_mhd_start(
             UInt32(flags), fd, UInt32(options.threads), options.connectionMemoryLimit,
             UInt32(options.connectionLimit), UInt32(options.connectionTimeoutSeconds),
-            accessHandler, ref.toOpaque(), requestCompleted, ref.toOpaque(), connectionNotice, ref.toOpaque())
+            accessHandler, ref.toOpaque(), requestCompleted, ref.toOpaque(), connectionNotice, ref.toOpaque(),
+            targetReceived, ref.toOpaque())
         guard let d else {
             ref.release()
             close(fd)
@@ -162,12 +163,16 @@ private let jsonContentType = "application/json"
 
 // MARK: - Per-request state
 
-/// Lives from the first call of the access handler to MHD's completion notice.
+/// Lives from the request line (libmicrohttpd's URI callback) to MHD's completion notice.
 final class RequestState: @unchecked Sendable, Resumable {
     // Set on the daemon thread that owns the connection; `lock` guards the
     // fields shared with the thread that resolves a deferred response.
     let connection: OpaquePointer
-    var request: HTTPRequest
+    /// The request target as it appeared in the request line (nil: there was none).
+    let rawTarget: [UInt8]?
+    /// Set by the first call of the access handler; until then `request` is a placeholder.
+    var started = false
+    var request = HTTPRequest(method: "", path: "/")
     var bodyBytes = 0
     var rejected = false
     var tooLarge = false
@@ -179,12 +184,11 @@ final class RequestState: @unchecked Sendable, Resumable {
     var dispatched = false
     /// An HTTP/1.0 client gets a streamed body unchunked, through the response's own
     /// block buffer; HTTP/1.1 chunks are built in the connection's pool instead.
-    let http10: Bool
+    var http10 = false
 
-    init(connection: OpaquePointer, request: HTTPRequest, http10: Bool) {
+    init(connection: OpaquePointer, rawTarget: [UInt8]?) {
         self.connection = connection
-        self.request = request
-        self.http10 = http10
+        self.rawTarget = rawTarget
         self.startNanos = DispatchTime.now().uptimeNanoseconds
     }
 
@@ -270,18 +274,25 @@ private let accessHandler: MHD_AccessHandlerCallback = { cls, connection, url, m
     guard let connection, let conCls, let uploadDataSize else { return MHD_Result.NO }
 
     if conCls.pointee == nil {
+        // No URI callback for this request (libmicrohttpd always makes one): no target.
+        conCls.pointee = Unmanaged.passRetained(RequestState(connection: connection, rawTarget: nil)).toOpaque()
+    }
+    let state = Unmanaged<RequestState>.fromOpaque(conCls.pointee!).takeUnretainedValue()
+    if !state.started {
+        state.started = true
         server.slowClients.headersReceived(connection)
-        let path = url.map { String(cString: $0) } ?? "/"
         let headers = collect(connection, kind: MHD_ValueKind.HEADER_KIND, iterator: collectHeader)
-        let request = HTTPRequest(
-            method: method.map { String(cString: $0) } ?? "GET",
-            path: path,
-            query: collect(connection, kind: MHD_ValueKind.GET_ARGUMENT_KIND, iterator: collectQuery).headers,
-            headers: headers.headers,
-            requestID: makeRequestID())
+        let methodText = method.map { String(cString: $0) } ?? "GET"
+        let target = RequestTarget.parse(state.rawTarget ?? [], method: methodText)
+        state.request = HTTPRequest(method: methodText, target: (try? target.get()) ?? .invalid,
+                                    headers: headers.headers, requestID: makeRequestID())
+        let request = state.request
         let versionText = version.map { String(cString: $0) } ?? ""
-        let state = RequestState(connection: connection, request: request, http10: versionText == "HTTP/1.0")
-        conCls.pointee = Unmanaged.passRetained(state).toOpaque()
+        state.http10 = versionText == "HTTP/1.0"
+        if case .failure(let why) = target {
+            state.rejected = true
+            return server.queue(server.responder.badRequest(request, reason: why.description), on: state)
+        }
         // Refuse an ambiguous request before reading any of its body; answering now makes
         // libmicrohttpd close the connection after the answer, so nothing that follows the
         // head is taken for a next request.
@@ -290,8 +301,7 @@ private let accessHandler: MHD_AccessHandlerCallback = { cls, connection, url, m
             return server.queue(server.responder.badRequest(request, reason: why), on: state)
         }
         // A head that leaves too little of the connection's pool for the answer.
-        let headBytes = request.method.utf8.count + request.path.utf8.count + versionText.utf8.count
-            + request.query.reduce(0) { $0 + $1.key.utf8.count + $1.value.utf8.count + 2 }
+        let headBytes = request.method.utf8.count + (state.rawTarget?.count ?? 0) + versionText.utf8.count
             + headers.lines.reduce(0) { $0 + $1.name.utf8.count + $1.value.utf8.count + 4 }
         if headBytes > server.options.maxHeadBytes {
             state.rejected = true
@@ -305,7 +315,6 @@ private let accessHandler: MHD_AccessHandlerCallback = { cls, connection, url, m
         }
         return MHD_Result.YES
     }
-    let state = Unmanaged<RequestState>.fromOpaque(conCls.pointee!).takeUnretainedValue()
 
     if uploadDataSize.pointee > 0 {
         let n = uploadDataSize.pointee
@@ -392,8 +401,19 @@ private let requestCompleted: MHD_RequestCompletedCallback = { cls, connection, 
     let server = HTTPServer.from(cls)
     let state = Unmanaged<RequestState>.fromOpaque(raw).takeRetainedValue()
     conCls.pointee = nil
+    // A request libmicrohttpd answered itself (a bad request line or header) never
+    // reached Kiln: nothing to log.
+    guard state.started else { return }
     let elapsed = DispatchTime.now().uptimeNanoseconds &- state.startNanos
     server.responder.completed(state.request, status: state.status, durationNanos: elapsed)
+}
+
+/// The request line's target, before libmicrohttpd splits and decodes it. What this
+/// returns becomes the request's context pointer (`conCls`), released in `requestCompleted`.
+private let targetReceived: @convention(c) (UnsafeMutableRawPointer?, UnsafePointer<CChar>?, OpaquePointer?) -> UnsafeMutableRawPointer? = { _, uri, connection in
+    guard let connection else { return nil }
+    let raw = uri.map { p in Array(UnsafeBufferPointer(start: UnsafeRawPointer(p).assumingMemoryBound(to: UInt8.self), count: strlen(p))) }
+    return Unmanaged.passRetained(RequestState(connection: connection, rawTarget: raw)).toOpaque()
 }
 
 /// Connections opening and closing, for the slow-client deadlines.

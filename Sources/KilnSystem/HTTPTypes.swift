@@ -4,8 +4,8 @@ import Foundation
 /// One HTTP request as the daemon received it, body complete.
 public struct HTTPRequest: Sendable {
     public var method: String
-    /// The path, percent-decoded by libmicrohttpd, without the query string.
-    public var path: String
+    /// The request target, parsed once (`RequestTarget`): routing and authentication read it.
+    public var target: RequestTarget
     /// Query arguments, decoded. A repeated key keeps its first value.
     public var query: [String: String]
     /// Header names are lowercased.
@@ -13,14 +13,27 @@ public struct HTTPRequest: Sendable {
     public var body: [UInt8]
     public var requestID: String
 
-    public init(method: String, path: String, query: [String: String] = [:],
-                headers: [String: String] = [:], body: [UInt8] = [], requestID: String = "") {
+    /// The decoded path, for messages and logs.
+    public var path: String { target.path }
+
+    public init(method: String, target: RequestTarget, headers: [String: String] = [:], body: [UInt8] = [],
+                requestID: String = "") {
         self.method = method
-        self.path = path
+        self.target = target
+        var query: [String: String] = [:]
+        for item in target.query where query[item.name] == nil { query[item.name] = item.value }
         self.query = query
         self.headers = headers
         self.body = body
         self.requestID = requestID
+    }
+
+    /// An origin-form request from a decoded path (tests and in-process callers).
+    public init(method: String, path: String, query: [String: String] = [:],
+                headers: [String: String] = [:], body: [UInt8] = [], requestID: String = "") {
+        let items = query.keys.sorted().map { RequestTarget.QueryItem(name: $0, value: query[$0]!) }
+        self.init(method: method, target: RequestTarget(decodedPath: path, query: items), headers: headers, body: body,
+                  requestID: requestID)
     }
 
     public func header(_ name: String) -> String? { headers[name.lowercased()] }

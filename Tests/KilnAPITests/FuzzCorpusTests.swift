@@ -20,18 +20,23 @@ import KilnTestSupport
 
     @Test func requestsAreDecodedAsTheDaemonDoes() {
         let text = "GET /v1/work%6coads/%00?limit=5%00&a=1&a=2&b=x+y%2B\nHost: x\nX-A:  \tv\nx-a: w\n\nbody\n\nmore"
-        let (r, lines) = FuzzHarness.decodeRequest(Array(text.utf8))
+        let (r, lines, problem) = FuzzHarness.decodeRequest(Array(text.utf8))
+        #expect(problem == nil)
         #expect(r.method == "GET")
         #expect(r.path == "/v1/workloads/%00")
         #expect(r.query == ["limit": "5%00", "a": "1", "b": "x y+"])
         #expect(r.headers == ["host": "x", "x-a": "v, w"])
         #expect(lines.map(\.name) == ["Host", "X-A", "x-a"])
         #expect(r.body == Array("body\n\nmore".utf8))
-        // A NUL ends the path; invalid UTF-8 is repaired.
-        let (n, _) = FuzzHarness.decodeRequest([0x47, 0x45, 0x54, 0x20, 0x2F, 0x61, 0x00, 0x62, 0x0A, 0x0A])
+        // A NUL ends the target; invalid UTF-8 is repaired.
+        let (n, _, _) = FuzzHarness.decodeRequest([0x47, 0x45, 0x54, 0x20, 0x2F, 0x61, 0x00, 0x62, 0x0A, 0x0A])
         #expect(n.path == "/a")
-        let (u, _) = FuzzHarness.decodeRequest(Array("GET /%ff\n\n".utf8))
+        let (u, _, _) = FuzzHarness.decodeRequest(Array("GET /%ff\n\n".utf8))
         #expect(u.path == "/\u{FFFD}")
+        // A target that is not origin-form or absolute-form is refused before routing.
+        let (x, _, why) = FuzzHarness.decodeRequest(Array("POST x/v1/workloads\n\n".utf8))
+        #expect(x.target.form == .invalid)
+        #expect(why != nil)
     }
 
     @Test func jsonThatParsesReencodesStably() {

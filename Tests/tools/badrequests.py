@@ -472,10 +472,11 @@ add("utf8_nul", "delete_id_pct00", raw("DELETE", "/v1/workloads/%00"), 404, code
 add("utf8_nul", "query_limit_pct00", raw("GET", "/v1/workloads?limit=5%00x"), 422, field="limit", code="invalid_field")
 add("utf8_nul", "query_status_pct00", raw("GET", "/v1/workloads?status=completed%00"), 422, field="status", code="invalid_field")
 add("utf8_nul", "query_cursor_pct00", raw("GET", "/v1/workloads?cursor=%00"), 422, field="cursor", code="invalid_field")
-add("utf8_nul", "path_id_invalid_utf8_raw", raw("GET", "/v1/workloads/\xff\xfe"), 404, code="not_found")
+# Raw bytes above 0x7F are not allowed in a request target (RFC 3986): 400, never routed.
+add("utf8_nul", "path_id_invalid_utf8_raw", raw("GET", "/v1/workloads/\xff\xfe"), 400, code="bad_request", close=True)
 add("utf8_nul", "path_id_invalid_utf8_pct", raw("GET", "/v1/workloads/%ff%fe%80"), 404, code="not_found")
 add("utf8_nul", "query_status_invalid_utf8", raw("GET", "/v1/workloads?status=%c0%af"), 422, field="status", code="invalid_field")
-add("utf8_nul", "query_runtime_invalid_utf8_raw", raw("GET", "/v1/workloads?runtime=\xe2\x82"), 422, field="runtime", code="invalid_field")
+add("utf8_nul", "query_runtime_invalid_utf8_raw", raw("GET", "/v1/workloads?runtime=\xe2\x82"), 400, code="bad_request", close=True)
 add("utf8_nul", "header_name_with_nul", rawbytes(lambda h, a: b"GET /healthz HTTP/1.1\r\n" + h + b"X-A\x00b: 1\r\n\r\n"),
     400, json_error=False, close=True, answered_by="mhd", note="the NUL ends the name before its colon")
 add("utf8_nul", "last_event_id_invalid_utf8", raw("GET", "/v1/workloads/%s/logs" % UNKNOWN, [("Last-Event-ID", b"\xff\xfe")]),
@@ -524,12 +525,50 @@ NOT_FOUND = [
     ("traversal_delete", "DELETE", "/v1/workloads/..%2f..%2fkiln.db"),
     ("traversal_absolute", "GET", "/v1/workloads//etc/passwd"),
     ("traversal_state_folder", "GET", "/v1/workloads/..%2fstate%2fwork"),
+    # An absolute-form target is its path (RFC 9112 section 3.2.2), authenticated and routed.
     ("absolute_form_target", "GET", "http://evil.example/v1/workloads/" + UNKNOWN),
-    ("asterisk_target", "GET", "*"),
-    ("connect_authority", "CONNECT", "evil.example:443"),
+    ("absolute_form_upper_scheme", "GET", "HTTP://evil.example/v1/workloads/" + UNKNOWN),
+    ("absolute_form_https", "GET", "https://evil.example:8443/v1/workloads/" + UNKNOWN),
+    ("absolute_form_no_path", "GET", "http://evil.example"),
+    ("empty_first_segment", "POST", "//v1/workloads"),
+    ("encoded_slash_joins_segments", "POST", "/v1%2Fworkloads"),
 ]
 for name, method, path in NOT_FOUND:
     add("routing", name, raw(method, path), 404, code="not_found")
+
+# -- 5b. request targets that are not origin-form or absolute-form: 400, never routed ---
+# (The first of these used to skip the token check and still reach the submit handler.)
+SUBMIT = '{"runtime": "shell", "code": "true"}'
+TARGETS = [
+    ("no_leading_slash", "POST", "x/v1/workloads"),
+    ("relative_v1", "POST", "v1/workloads"),
+    ("dot_relative", "POST", "./v1/workloads"),
+    ("dotdot_relative", "POST", "../v1/workloads"),
+    ("asterisk_target", "GET", "*"),
+    ("asterisk_with_post", "POST", "*"),
+    ("connect_authority", "CONNECT", "evil.example:443"),
+    ("authority_form_post", "POST", "127.0.0.1:8080"),
+    ("scheme_without_host", "POST", "http:/v1/workloads"),
+    ("scheme_empty_host", "POST", "http:///v1/workloads"),
+    ("scheme_opaque", "POST", "http:v1/workloads"),
+    ("other_scheme", "POST", "ftp://evil.example/v1/workloads"),
+    ("mailto_scheme", "POST", "mailto:root@evil.example"),
+    ("userinfo_in_authority", "POST", "http://user:pw@evil.example/v1/workloads"),
+    ("port_without_host", "POST", "http://:80/v1/workloads"),
+    ("fragment", "POST", "/v1/workloads#x"),
+    ("fragment_after_query", "POST", "/v1/workloads?x=1#y"),
+    ("backslashes", "POST", "\\v1\\workloads"),
+    ("encoded_leading_slash", "POST", "%2Fv1%2Fworkloads"),
+    ("tab_in_target", "POST", "/v1/work\tloads"),
+    ("vertical_tab_in_target", "POST", "/v1/workloads\x0b"),
+    ("del_in_target", "POST", "/v1/workloads\x7f"),
+    ("raw_high_byte", "POST", "/v1/workloads/\xff"),
+    ("raw_utf8", "POST", "/v1/workloads/\xc3\xa9"),
+]
+for name, method, target in TARGETS:
+    add("targets", name, raw(method, target, [("Content-Type", "application/json")], SUBMIT if method == "POST" else None),
+        400, code="bad_request", close=True)
+add("targets", "options_asterisk", raw("OPTIONS", "*"), 204, json_error=False)
 METHODS = [
     ("put_workloads", "PUT", "/v1/workloads"),
     ("patch_workloads", "PATCH", "/v1/workloads"),
