@@ -245,8 +245,14 @@ public final class KilnAPI: HTTPResponder, @unchecked Sendable {
             return APIError(429, "queue_full", "too many pending workloads; retry later", headers: [("Retry-After", String(after))])
         case let .isolationUnavailable(requested, reason, available):
             let list = available.isEmpty ? "none" : available.joined(separator: ", ")
-            return APIError(422, "isolation_unavailable",
-                            "isolation \(requested.rawValue) is not available (\(reason)); available for this runtime: \(list)",
+            var message = "isolation \(requested.rawValue) is not available (\(reason)); allowed and available for this runtime: \(list)"
+            if available.isEmpty, !config.isolation.contains(.process), engine.capability(.process)?.available == true {
+                message += ". The process backend (no isolation: code runs with the server's own rights) is off unless KILN_ISOLATION lists it"
+            }
+            return APIError(422, "isolation_unavailable", message, field: "isolation")
+        case let .isolationNotAllowed(requested, allowed):
+            let list = allowed.isEmpty ? "none" : allowed.joined(separator: ", ")
+            return APIError(422, "isolation_not_allowed", "isolation \(requested.rawValue) is not allowed here; allowed: \(list)",
                             field: "isolation")
         case .shuttingDown:
             return APIError(503, "shutting_down", "the server is shutting down")
@@ -329,8 +335,15 @@ public final class KilnAPI: HTTPResponder, @unchecked Sendable {
         ]))
     }
 
+    /// Each backend with `allowed`: whether workloads may use it here.
     private func backends() -> HTTPResponse {
-        .json(200, .object([("backends", .array(engine.capabilities.map(\.json)))]))
+        let allowed = engine.allowedIsolation(limit: nil)
+        let list = engine.capabilities.map { cap -> JSON in
+            guard case .object(var members) = cap.json else { return cap.json }
+            members.insert(("allowed", .bool(allowed.contains(cap.name))), at: 2)
+            return .object(members)
+        }
+        return .json(200, .object([("backends", .array(list))]))
     }
 
     private func stats() throws -> HTTPResponse {

@@ -1,4 +1,5 @@
 import Foundation
+import KilnCore
 
 public struct ConfigError: Error, CustomStringConvertible {
     public var description: String
@@ -18,6 +19,8 @@ public struct ServerConfig: Sendable {
     public var heartbeatS: Int
     public var corsOrigins: [String]?
     public var logLevel: String
+    /// `KILN_ISOLATION`: the backends that may run workloads.
+    public var isolation: Set<Isolation>
 
     /// Every variable Kiln reads, with its default.
     public static let variables: [(name: String, defaultValue: String)] = [
@@ -32,6 +35,7 @@ public struct ServerConfig: Sendable {
         ("KILN_HEARTBEAT_S", "15"),
         ("KILN_CORS_ORIGINS", ""),
         ("KILN_LOG_LEVEL", "info"),
+        ("KILN_ISOLATION", "sandbox,gvisor,isolate"),
     ]
 
     /// `flags` maps variable names to flag values (nil: flag not given); a flag wins.
@@ -68,6 +72,17 @@ public struct ServerConfig: Sendable {
         guard ["trace", "debug", "info", "notice", "warning", "error", "critical"].contains(level) else {
             throw ConfigError(description: "invalid KILN_LOG_LEVEL (--log-level): \"\(level)\" is not one of trace, debug, info, notice, warning, error, critical")
         }
+        var isolation = Set<Isolation>()
+        for piece in value("KILN_ISOLATION").split(separator: ",") {
+            let name = piece.trimmingCharacters(in: .whitespaces)
+            guard let i = Isolation(rawValue: name), i != .auto else {
+                throw ConfigError(description: "invalid KILN_ISOLATION (--isolation): \"\(name)\" is not one of process, sandbox, gvisor, isolate")
+            }
+            isolation.insert(i)
+        }
+        guard !isolation.isEmpty else {
+            throw ConfigError(description: "invalid KILN_ISOLATION (--isolation): empty; name at least one of process, sandbox, gvisor, isolate")
+        }
         return ServerConfig(
             host: host, port: port, db: db, apiToken: token.isEmpty ? nil : token,
             maxConcurrent: try int("KILN_MAX_CONCURRENT", min: 1, max: 10_000),
@@ -75,7 +90,7 @@ public struct ServerConfig: Sendable {
             maxBodyBytes: try int("KILN_MAX_BODY_BYTES", min: 1),
             defaultTimeoutS: defaultTimeout, maxTimeoutS: maxTimeout,
             heartbeatS: try int("KILN_HEARTBEAT_S", min: 1, max: 3600),
-            corsOrigins: cors.isEmpty ? nil : cors, logLevel: level)
+            corsOrigins: cors.isEmpty ? nil : cors, logLevel: level, isolation: isolation)
     }
 
     /// `host:port`, `[v6]:port` or `:port`.

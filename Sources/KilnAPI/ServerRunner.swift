@@ -51,7 +51,8 @@ public final class ServerRunner: @unchecked Sendable {
             IsolateBackend(scriptFolder: stateRoot + "/isolate", logger: logger),
         ]
         let engine = Engine(store: store, broker: broker, backends: backends,
-                            config: EngineConfig(maxConcurrent: config.maxConcurrent, queueLimit: config.queueLimit, workRoot: workRoot),
+                            config: EngineConfig(maxConcurrent: config.maxConcurrent, queueLimit: config.queueLimit, workRoot: workRoot,
+                                                 allowedIsolation: config.isolation),
                             logger: logger)
         try engine.recover()
         let out = FileHandle.standardOutput
@@ -66,6 +67,9 @@ public final class ServerRunner: @unchecked Sendable {
         self.api = api
         let shownHost = config.host.contains(":") ? "[\(config.host)]" : config.host
         try? out.write(contentsOf: Data("kiln \(ServerRunner.version) listening on http://\(shownHost):\(server.boundPort)\n".utf8))
+        if let notice = ServerRunner.isolationNotice(engine.capabilities, allowed: config.isolation) {
+            try? out.write(contentsOf: Data((notice + "\n").utf8))
+        }
         for sig in [SIGTERM, SIGINT] {
             signal(sig, SIG_IGN)
             let source = DispatchSource.makeSignalSource(signal: sig, queue: DispatchQueue(label: "kiln.signals"))
@@ -73,6 +77,24 @@ public final class ServerRunner: @unchecked Sendable {
             source.resume()
             signalSources.append(source)
         }
+    }
+
+    /// What the start line adds when no allowed backend isolates python and shell code
+    /// (a fresh machine without bubblewrap or gVisor): why, and how to allow `process`.
+    static func isolationNotice(_ capabilities: [BackendCapabilities], allowed: Set<Isolation>) -> String? {
+        let isolating: [Isolation] = [.gvisor, .sandbox]
+        let usable = capabilities.filter { $0.available && allowed.contains($0.name) && isolating.contains($0.name) }
+        guard usable.isEmpty else { return nil }
+        let why = capabilities.filter { isolating.contains($0.name) }.map { cap -> String in
+            let state = !allowed.contains(cap.name) ? "not in KILN_ISOLATION" : (cap.reason ?? "unavailable")
+            return "\(cap.name.rawValue): \(state)"
+        }.joined(separator: "; ")
+        var text = "kiln: no isolating backend can run python or shell workloads here (\(why))."
+        if !allowed.contains(.process) {
+            text += " To run them as plain processes with the server's own rights (no isolation), allow process:"
+                + " KILN_ISOLATION=process,sandbox,gvisor,isolate (or --isolation process,sandbox,gvisor,isolate)."
+        }
+        return text
     }
 
     /// Graceful stop: refuse new work, end running workloads (`server shutdown`), store

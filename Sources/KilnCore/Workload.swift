@@ -26,6 +26,10 @@ public enum Runtime: String, Sendable, CaseIterable, Codable {
 
 public enum Isolation: String, Sendable, CaseIterable, Codable {
     case auto, process, sandbox, gvisor, isolate
+
+    /// The backends a server allows when `KILN_ISOLATION` is unset: every one except
+    /// `process`, which runs code with the server's own rights.
+    public static let allowedByDefault: Set<Isolation> = [.sandbox, .gvisor, .isolate]
 }
 
 public struct Resources: Sendable, Equatable, Codable {

@@ -9,11 +9,17 @@ public struct EngineConfig: Sendable {
     public var queueLimit: Int
     /// Where per-workload work folders are made.
     public var workRoot: String
+    /// The backends that may run workloads (`KILN_ISOLATION`): `auto` picks among them and
+    /// any other is refused. `process` runs code with the server's own rights, so it is
+    /// left out unless named.
+    public var allowedIsolation: Set<Isolation>
 
-    public init(maxConcurrent: Int, queueLimit: Int, workRoot: String) {
+    public init(maxConcurrent: Int, queueLimit: Int, workRoot: String,
+                allowedIsolation: Set<Isolation> = Isolation.allowedByDefault) {
         self.maxConcurrent = max(1, maxConcurrent)
         self.queueLimit = max(0, queueLimit)
         self.workRoot = workRoot
+        self.allowedIsolation = allowedIsolation.subtracting([.auto])
     }
 }
 
@@ -25,15 +31,19 @@ public struct SubmitRequest: Sendable {
     public var isolation: Isolation
     public var resources: Resources
     public var env: [String: String]
+    /// The submitting token's own isolation list, which narrows the server's (nil: none).
+    public var isolationLimit: Set<Isolation>?
 
     public init(runtime: Runtime, code: String, inputJSON: String = "null", isolation: Isolation = .auto,
-                resources: Resources, env: [String: String] = [:]) {
+                resources: Resources, env: [String: String] = [:],
+                isolationLimit: Set<Isolation>? = nil) {
         self.runtime = runtime
         self.code = code
         self.inputJSON = inputJSON
         self.isolation = isolation
         self.resources = resources
         self.env = env
+        self.isolationLimit = isolationLimit
     }
 }
 
@@ -41,6 +51,8 @@ public enum EngineError: Error, Equatable {
     case queueFull(retryAfterSeconds: Int)
     /// The requested backend cannot run this runtime here; `available` can.
     case isolationUnavailable(requested: Isolation, reason: String, available: [String])
+    /// The requested backend is not in the caller's allowed list (`allowed`, strongest first).
+    case isolationNotAllowed(requested: Isolation, allowed: [String])
     case shuttingDown
     case notFound(String)
     case alreadyFinished(WorkloadRecord)
@@ -107,11 +119,25 @@ public final class Engine: @unchecked Sendable {
         backendList.first { $0.name == name }
     }
 
+    /// The backends a caller may use: the server's list, narrowed by the token's own.
+    public func allowedIsolation(limit: Set<Isolation>?) -> Set<Isolation> {
+        limit.map { config.allowedIsolation.intersection($0) } ?? config.allowedIsolation
+    }
+
+    /// Strongest first, the order `auto` tries them in (after `isolate` for default exports).
+    static let strength: [Isolation] = [.gvisor, .sandbox, .isolate, .process]
+
     /// `auto`: `isolate` for node code with a default export, else the strongest available
-    /// of gvisor, sandbox, process that runs the runtime.
-    public func chooseBackend(runtime: Runtime, isolation: Isolation, code: String) throws(EngineError) -> any Backend {
-        let able = capabilities.filter { $0.available && $0.runtimes.contains(runtime) }
-        let ableNames = able.map { $0.name.rawValue }
+    /// of gvisor, sandbox, process that runs the runtime; only backends in the allowed list
+    /// (`allowedIsolation(limit:)`) are ever chosen.
+    public func chooseBackend(runtime: Runtime, isolation: Isolation, code: String,
+                              limit: Set<Isolation>? = nil) throws(EngineError) -> any Backend {
+        let allowed = allowedIsolation(limit: limit)
+        if isolation != .auto, !allowed.contains(isolation) {
+            throw .isolationNotAllowed(requested: isolation, allowed: Engine.strength.filter(allowed.contains).map(\.rawValue))
+        }
+        let able = capabilities.filter { $0.available && $0.runtimes.contains(runtime) && allowed.contains($0.name) }
+        let ableNames = Engine.strength.filter { name in able.contains { $0.name == name } }.map(\.rawValue)
         if isolation == .auto {
             if runtime == .node, Engine.hasDefaultExport(code), able.contains(where: { $0.name == .isolate }),
                let b = backend(.isolate) {
@@ -120,7 +146,7 @@ public final class Engine: @unchecked Sendable {
             for name in [Isolation.gvisor, .sandbox, .process] where able.contains(where: { $0.name == name }) {
                 if let b = backend(name) { return b }
             }
-            throw .isolationUnavailable(requested: .auto, reason: "no backend can run \(runtime.rawValue) here", available: ableNames)
+            throw .isolationUnavailable(requested: .auto, reason: "no allowed backend can run \(runtime.rawValue) here", available: ableNames)
         }
         guard let cap = capability(isolation), cap.available else {
             let why = capability(isolation)?.reason ?? "not built into this server"
@@ -140,7 +166,8 @@ public final class Engine: @unchecked Sendable {
 
     /// Stores a pending workload and queues it. `onFinish` is called once with the terminal record.
     public func submit(_ request: SubmitRequest, onFinish: Completion? = nil) throws(EngineError) -> WorkloadRecord {
-        let backend = try chooseBackend(runtime: request.runtime, isolation: request.isolation, code: request.code)
+        let backend = try chooseBackend(runtime: request.runtime, isolation: request.isolation, code: request.code,
+                                        limit: request.isolationLimit)
         lock.lock()
         if shuttingDown { lock.unlock(); throw .shuttingDown }
         let waiting = queue.count + reserved

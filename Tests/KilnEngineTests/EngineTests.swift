@@ -19,7 +19,8 @@ final class EngineHarness: @unchecked Sendable {
         broker = LogBroker(history: { id, after, limit in (try? store.lines(id, after: after, limit: limit)) ?? [] })
         let root = NSTemporaryDirectory() + "kiln-engine-test-\(UUID().uuidString.prefix(8))"
         engine = Engine(store: store, broker: broker, backends: [ProcessBackend(workRoot: root)],
-                        config: EngineConfig(maxConcurrent: maxConcurrent, queueLimit: queueLimit, workRoot: root),
+                        config: EngineConfig(maxConcurrent: maxConcurrent, queueLimit: queueLimit, workRoot: root,
+                                             allowedIsolation: [.process]),
                         logger: Logger(label: "test"))
     }
 

@@ -7,7 +7,7 @@ import KilnStore
 
 /// `auto` and explicit isolation against real backends in different sets.
 @Suite struct RoutingTests {
-    func engine(_ names: [Isolation]) throws -> Engine {
+    func engine(_ names: [Isolation], allowed: Set<Isolation> = Set(Isolation.allCases)) throws -> Engine {
         let root = NSTemporaryDirectory() + "kiln-routing-\(UUID().uuidString.prefix(8))"
         let logger = Logger(label: "test")
         var backends: [any Backend] = []
@@ -22,7 +22,8 @@ import KilnStore
         }
         let store = try Store(path: ":memory:")
         return Engine(store: store, broker: LogBroker(), backends: backends,
-                      config: EngineConfig(maxConcurrent: 2, queueLimit: 10, workRoot: root + "/work"), logger: logger)
+                      config: EngineConfig(maxConcurrent: 2, queueLimit: 10, workRoot: root + "/work", allowedIsolation: allowed),
+                      logger: logger)
     }
 
     func available(_ e: Engine) -> Set<Isolation> {
@@ -72,5 +73,50 @@ import KilnStore
             return
         }
         #expect(try e.chooseBackend(runtime: .shell, isolation: .auto, code: "true").name == .sandbox)
+    }
+}
+
+/// The isolation policy (`KILN_ISOLATION`, narrowed by a token's own list).
+@Suite struct IsolationPolicyRoutingTests {
+    let routing = RoutingTests()
+
+    @Test func processIsOffByDefaultAndAutoNeverFallsBackToIt() throws {
+        let e = try routing.engine([.process], allowed: Isolation.allowedByDefault)
+        defer { e.shutdown(timeout: 1) }
+        #expect(throws: EngineError.isolationNotAllowed(requested: .process, allowed: ["gvisor", "sandbox", "isolate"])) {
+            try e.chooseBackend(runtime: .shell, isolation: .process, code: "id")
+        }
+        do {
+            _ = try e.chooseBackend(runtime: .shell, isolation: .auto, code: "id")
+            Issue.record("auto chose a backend that is not allowed")
+        } catch let EngineError.isolationUnavailable(requested, _, available) {
+            #expect(requested == .auto)
+            #expect(available.isEmpty)
+        }
+    }
+
+    @Test func processRunsWhenListed() throws {
+        let e = try routing.engine([.process], allowed: [.process])
+        defer { e.shutdown(timeout: 1) }
+        #expect(try e.chooseBackend(runtime: .shell, isolation: .process, code: "id").name == .process)
+        #expect(try e.chooseBackend(runtime: .shell, isolation: .auto, code: "id").name == .process)
+    }
+
+    @Test(.enabled(if: getuid() == 0, "the sandbox and gVisor need root here"))
+    func aTokenListNarrowsTheServerList() throws {
+        let e = try routing.engine([.process, .sandbox, .gvisor], allowed: [.process, .sandbox, .gvisor])
+        defer { e.shutdown(timeout: 1) }
+        let have = Set(e.capabilities.filter(\.available).map(\.name))
+        try #require(have.contains(.sandbox), "sandbox unavailable: \(e.capability(.sandbox)?.reason ?? "")")
+        // gvisor is stronger, but the token allows only the sandbox.
+        #expect(try e.chooseBackend(runtime: .python, isolation: .auto, code: "pass", limit: [.sandbox]).name == .sandbox)
+        #expect(throws: EngineError.isolationNotAllowed(requested: .gvisor, allowed: ["sandbox"])) {
+            try e.chooseBackend(runtime: .python, isolation: .gvisor, code: "pass", limit: [.sandbox])
+        }
+        // A token cannot widen the server's list.
+        #expect(throws: EngineError.isolationNotAllowed(requested: .isolate, allowed: ["sandbox"])) {
+            try e.chooseBackend(runtime: .node, isolation: .isolate, code: "", limit: [.sandbox, .isolate])
+        }
+        #expect(e.allowedIsolation(limit: [.isolate]).isEmpty)
     }
 }

@@ -27,9 +27,13 @@ public final class KilnServer: @unchecked Sendable {
         return dir
     }
 
+    /// Every backend, `process` included: most tests exercise each backend. Tests of the
+    /// default policy (`process` off unless listed) pass `isolation: nil`.
+    public static let allBackends = "process,sandbox,gvisor,isolate"
+
     /// Starts the server and waits for its "listening" line.
     public static func start(env: [String: String] = [:], args: [String] = [], db: String? = nil,
-                             token: String? = nil) throws -> KilnServer {
+                             token: String? = nil, isolation: String? = allBackends) throws -> KilnServer {
         let dir = tempDir()
         let dbPath = db ?? "\(dir)/kiln.db"
         let out = "\(dir)/stdout.log"
@@ -40,6 +44,7 @@ public final class KilnServer: @unchecked Sendable {
         p.executableURL = URL(fileURLWithPath: binary)
         p.arguments = ["serve", "--listen", "127.0.0.1:0", "--db", dbPath] + args
         var environment = ProcessInfo.processInfo.environment.filter { !$0.key.hasPrefix("KILN_") }
+        if let isolation { environment["KILN_ISOLATION"] = isolation }
         for (k, v) in env { environment[k] = v }
         if let token { environment["KILN_API_TOKEN"] = token }
         p.environment = environment

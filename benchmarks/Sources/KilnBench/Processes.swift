@@ -68,6 +68,9 @@ final class KilnServer: @unchecked Sendable {
         var env = ProcessInfo.processInfo.environment
         env["KILN_API_TOKEN"] = nil
         env["KILN_LOG_LEVEL"] = env["KILN_LOG_LEVEL"] ?? "warning"
+        // The benchmarks measure Kiln's own overhead on the process backend, which the
+        // server allows only when it is listed.
+        env["KILN_ISOLATION"] = env["KILN_ISOLATION"] ?? "process,sandbox,gvisor,isolate"
         for (k, v) in extra { env[k] = v }
         process.environment = env
         _ = FileManager.default.createFile(atPath: dir + "/server.out", contents: nil)
