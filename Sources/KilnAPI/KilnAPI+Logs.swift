@@ -4,8 +4,8 @@ import KilnSystem
 
 extension KilnAPI {
     /// `GET /v1/workloads/{id}/logs`: Server-Sent Events (spec section 4).
-    func streamLogs(_ req: HTTPRequest, id: String) throws -> HTTPResponse {
-        guard let record = try store.get(id) else { throw APIError(404, "not_found", "workload \(id) not found") }
+    func streamLogs(_ req: HTTPRequest, id: String, caller: Caller) throws -> HTTPResponse {
+        let record = try visibleRecord(id, caller)
         let format: LogStreamSource.Format
         switch req.query["format"] {
         case nil, "text": format = .text
@@ -35,7 +35,8 @@ extension KilnAPI {
         }
         let subscription = live == nil ? nil : engine.broker.subscription(id, after: after)
         let source = LogStreamSource(id: id, after: after, store: store, broker: engine.broker, subscription: subscription,
-                                     format: format, hub: heartbeats, counter: subscribers)
+                                     format: format, hub: heartbeats, counter: subscribers,
+                                     tenant: record.tenant)
         return HTTPResponse(status: 200, headers: [
             ("Content-Type", "text/event-stream"),
             ("Cache-Control", "no-cache"),

@@ -8,7 +8,7 @@ import Metrics
 
 /// The HTTP API of Kiln: routing, auth, CORS, the workload endpoints, the access log.
 public final class KilnAPI: HTTPResponder, @unchecked Sendable {
-    let config: ServerConfig
+    public let config: ServerConfig
     let engine: Engine
     let store: Store
     let logger: Logger
@@ -50,15 +50,19 @@ public final class KilnAPI: HTTPResponder, @unchecked Sendable {
         r.add("GET", "/metrics", .open) { [unowned self] _, _ in
             .now(HTTPResponse(status: 200, headers: [("Content-Type", "text/plain; version=0.0.4; charset=utf-8")], body: .bytes(metricsText())))
         }
-        r.add("POST", "/v1/workloads", .token) { [unowned self] req, _ in submit(req, sync: true) }
-        r.add("GET", "/v1/workloads", .token) { [unowned self] req, _ in .now(result { try list(req) }) }
-        r.add("POST", "/v1/workloads/async", .token) { [unowned self] req, _ in submit(req, sync: false) }
-        r.add("GET", "/v1/workloads/{id}", .token) { [unowned self] _, c in .now(result { try get(c.parameters["id"]!) }) }
-        r.add("DELETE", "/v1/workloads/{id}", .token) { [unowned self] _, c in kill(c.parameters["id"]!) }
-        r.add("GET", "/v1/workloads/{id}/logs", .tokenOrQuery) { [unowned self] req, c in .now(result { try streamLogs(req, id: c.parameters["id"]!) }) }
-        r.add("GET", "/v1/workloads/{id}/logs/history", .token) { [unowned self] req, c in .now(result { try history(req, id: c.parameters["id"]!) }) }
-        r.add("GET", "/v1/backends", .token) { [unowned self] _, _ in .now(backends()) }
-        r.add("GET", "/v1/stats", .token) { [unowned self] _, _ in .now(result { try stats() }) }
+        r.add("POST", "/v1/workloads", .submit) { [unowned self] req, c in submit(req, c.caller, sync: true) }
+        r.add("GET", "/v1/workloads", .read) { [unowned self] req, c in .now(result { try list(req, c.caller) }) }
+        r.add("POST", "/v1/workloads/async", .submit) { [unowned self] req, c in submit(req, c.caller, sync: false) }
+        r.add("GET", "/v1/workloads/{id}", .read) { [unowned self] _, c in .now(result { try get(c.parameters["id"]!, c.caller) }) }
+        r.add("DELETE", "/v1/workloads/{id}", .kill) { [unowned self] _, c in kill(c.parameters["id"]!, c.caller) }
+        r.add("GET", "/v1/workloads/{id}/logs", .readStream) { [unowned self] req, c in
+            .now(result { try streamLogs(req, id: c.parameters["id"]!, caller: c.caller) })
+        }
+        r.add("GET", "/v1/workloads/{id}/logs/history", .read) { [unowned self] req, c in
+            .now(result { try history(req, id: c.parameters["id"]!, caller: c.caller) })
+        }
+        r.add("GET", "/v1/backends", .read) { [unowned self] _, c in .now(backends(c.caller)) }
+        r.add("GET", "/v1/stats", .read) { [unowned self] _, c in .now(result { try stats(c.caller) }) }
         return r
     }
 
@@ -109,14 +113,14 @@ public final class KilnAPI: HTTPResponder, @unchecked Sendable {
         }
         let match = router.match(method: request.method, target: request.target)
         if case .found(let route, let params) = match {
-            if route.access.needsToken, let failure = authenticate(request, allowQueryToken: route.access.queryToken) {
-                return .now(failure.response)
+            switch authorize(request, route.access) {
+            case .failure(let e): return .now(e.response)
+            case .success(let caller): return route.handler(request, RouteContext(parameters: params, caller: caller))
             }
-            return route.handler(request, RouteContext(parameters: params))
         }
         // No handler: an unauthenticated caller learns nothing about the API's routes.
-        if request.target.segments.first == "v1", let failure = authenticate(request, allowQueryToken: false) {
-            return .now(failure.response)
+        if request.target.segments.first == "v1", case .failure(let e) = authenticate(request, queryToken: false) {
+            return .now(e.response)
         }
         switch match {
         case .methodNotAllowed(let allowed, _):
@@ -161,7 +165,7 @@ public final class KilnAPI: HTTPResponder, @unchecked Sendable {
             ("time", .string(Millis.rfc3339(Millis.now()))),
             ("request_id", .string(request.requestID)),
             ("method", .string(request.method)),
-            ("path", .string(loggedPath(request))),
+            ("path", .string(AccessLogLine.target(request.target))),
             ("status", .int(Int64(status))),
             ("duration_ms", .double((ms * 1000).rounded() / 1000)),
         ]).text
@@ -171,33 +175,35 @@ public final class KilnAPI: HTTPResponder, @unchecked Sendable {
         Metrics.Timer(label: "kiln_http_request_duration_seconds", dimensions: [("route", template)]).recordNanoseconds(Int64(durationNanos))
     }
 
-    /// The path and query, with any access token replaced.
-    private func loggedPath(_ request: HTTPRequest) -> String {
-        guard !request.query.isEmpty else { return request.path }
-        let q = request.query.keys.sorted().map { k -> String in
-            let v = k == "access_token" ? "REDACTED" : request.query[k]!
-            return "\(k)=\(v)"
-        }.joined(separator: "&")
-        return "\(request.path)?\(q)"
-    }
-
     // MARK: Auth and CORS
 
-    private func authenticate(_ request: HTTPRequest, allowQueryToken: Bool) -> APIError? {
-        guard let token = config.apiToken else { return nil }
+    /// The route's access rule against the request's token: 401 without a valid token,
+    /// 403 when the token's role may not take the route's action.
+    private func authorize(_ request: HTTPRequest, _ access: RouteAccess) -> Result<Caller, APIError> {
+        guard let permission = access.permission else { return .success(.public) }
+        return authenticate(request, queryToken: access.queryToken).flatMap { caller in
+            guard caller.role.allows(permission) else {
+                return .failure(APIError(403, "forbidden", "the token \(caller.name) (role \(caller.role.rawValue)) may not \(permission.rawValue) here"))
+            }
+            return .success(caller)
+        }
+    }
+
+    private func authenticate(_ request: HTTPRequest, queryToken: Bool) -> Result<Caller, APIError> {
+        guard config.tokens.enabled else { return .success(.unauthenticated) }
         var presented: String? = nil
         if let h = request.header("authorization") {
             let parts = h.split(separator: " ", maxSplits: 1)
             if parts.count == 2, parts[0].lowercased() == "bearer" { presented = String(parts[1]).trimmingCharacters(in: .whitespaces) }
         }
-        if presented == nil, allowQueryToken { presented = request.query["access_token"] }
+        if presented == nil, queryToken { presented = request.query["access_token"] }
         guard let presented else {
-            return APIError(401, "unauthorized", "missing bearer token", headers: [("WWW-Authenticate", "Bearer")])
+            return .failure(APIError(401, "unauthorized", "missing bearer token", headers: [("WWW-Authenticate", "Bearer")]))
         }
-        guard constantTimeEqual(Array(presented.utf8), Array(token.utf8)) else {
-            return APIError(401, "unauthorized", "wrong token", headers: [("WWW-Authenticate", "Bearer")])
+        guard let caller = config.tokens.authenticate(presented) else {
+            return .failure(APIError(401, "unauthorized", "wrong token", headers: [("WWW-Authenticate", "Bearer")]))
         }
-        return nil
+        return .success(caller)
     }
 
     func corsHeaders(origin: String?) -> [(String, String)]? {
@@ -216,9 +222,9 @@ public final class KilnAPI: HTTPResponder, @unchecked Sendable {
                             ("uptime_s", .int(Int64(Date().timeIntervalSince(startedAt))))]))
     }
 
-    private func submit(_ req: HTTPRequest, sync: Bool) -> HTTPResult {
+    private func submit(_ req: HTTPRequest, _ caller: Caller, sync: Bool) -> HTTPResult {
         if isShuttingDown { return .now(APIError(503, "shutting_down", "the server is shutting down").response) }
-        let submission: SubmitRequest
+        var submission: SubmitRequest
         do {
             submission = try SubmissionParser(defaultTimeoutS: config.defaultTimeoutS, maxTimeoutS: config.maxTimeoutS).parse(req.body)
         } catch let e as APIError {
@@ -226,6 +232,8 @@ public final class KilnAPI: HTTPResponder, @unchecked Sendable {
         } catch {
             return .now(APIError(400, "invalid_body", "\(error)").response)
         }
+        submission.tenant = caller.tenant
+        submission.isolationLimit = caller.isolation
         let promise = sync ? HTTPPromise() : nil
         var onFinish: Engine.Completion? = nil
         if let promise { onFinish = { record in promise.resolve(.json(200, record.json)) } }
@@ -265,19 +273,30 @@ public final class KilnAPI: HTTPResponder, @unchecked Sendable {
         }
     }
 
-    private func record(_ id: String) throws -> WorkloadRecord {
-        guard let r = try store.get(id) else { throw APIError(404, "not_found", "workload \(id) not found") }
+    /// The record, if the caller may see it; another tenant's workload is 404, exactly as
+    /// an unknown id, so that ids cannot be probed across tenants.
+    func visibleRecord(_ id: String, _ caller: Caller) throws -> WorkloadRecord {
+        guard let r = try store.get(id), caller.sees(tenant: r.tenant) else {
+            throw APIError(404, "not_found", "workload \(id) not found")
+        }
         return r
     }
 
-    private func get(_ id: String) throws -> HTTPResponse {
-        var r = try record(id)
+    private func get(_ id: String, _ caller: Caller) throws -> HTTPResponse {
+        var r = try visibleRecord(id, caller)
         // While it runs, the line count is the live log's.
         if !r.status.isTerminal, let live = engine.broker.log(id) { r.logLines = live.lastSeq }
         return .json(200, r.json)
     }
 
-    private func kill(_ id: String) -> HTTPResult {
+    private func kill(_ id: String, _ caller: Caller) -> HTTPResult {
+        do {
+            _ = try visibleRecord(id, caller)
+        } catch let e as APIError {
+            return .now(e.response)
+        } catch {
+            return .now(APIError(500, "internal", "internal error: \(error)").response)
+        }
         let promise = HTTPPromise()
         do throws(EngineError) {
             try engine.kill(id) { r in
@@ -294,7 +313,7 @@ public final class KilnAPI: HTTPResponder, @unchecked Sendable {
         }
     }
 
-    private func list(_ req: HTTPRequest) throws -> HTTPResponse {
+    private func list(_ req: HTTPRequest, _ caller: Caller) throws -> HTTPResponse {
         let limit = try Query.int(req, "limit", default: 50, range: 1...500)
         let status = try Query.enumValue(req, "status", WorkloadStatus.self)
         let isolation = try Query.enumValue(req, "isolation", Isolation.self)
@@ -302,15 +321,24 @@ public final class KilnAPI: HTTPResponder, @unchecked Sendable {
         let runtime = try Query.enumValue(req, "runtime", Runtime.self)
         let cursor = req.query["cursor"]
         if let cursor, !ULIDGenerator.isValid(cursor) { throw APIError.invalid("cursor", "cursor is not a workload id") }
-        let page = try store.list(limit: limit, cursor: cursor, filter: WorkloadFilter(status: status, isolationUsed: isolation, runtime: runtime))
+        var tenant = caller.scope
+        if let asked = req.query["tenant"] {
+            guard Tenant.isValid(asked) else { throw APIError.invalid("tenant", "tenant must be 1 to 63 of a-z, 0-9, '.', '_' and '-'") }
+            guard caller.role == .admin || asked == caller.tenant else {
+                throw APIError(403, "forbidden", "only an admin token may list another tenant's workloads")
+            }
+            tenant = asked
+        }
+        let page = try store.list(limit: limit, cursor: cursor,
+                                  filter: WorkloadFilter(status: status, isolationUsed: isolation, runtime: runtime, tenant: tenant))
         return .json(200, .object([("workloads", .array(page.records.map(\.json))),
                                    ("next_cursor", page.nextCursor.map { .string($0) } ?? .null)]))
     }
 
-    private func history(_ req: HTTPRequest, id: String) throws -> HTTPResponse {
+    private func history(_ req: HTTPRequest, id: String, caller: Caller) throws -> HTTPResponse {
         let after = try Query.int(req, "after", default: 0, range: 0...Int.max)
         let limit = try Query.int(req, "limit", default: 1000, range: 1...10_000)
-        let r = try record(id)
+        let r = try visibleRecord(id, caller)
         // Read in small pages and stop past a few MiB: `next_after` lets the client go on.
         var lines: [LogLine] = []
         var bytes = 0
@@ -335,9 +363,9 @@ public final class KilnAPI: HTTPResponder, @unchecked Sendable {
         ]))
     }
 
-    /// Each backend with `allowed`: whether workloads may use it here.
-    private func backends() -> HTTPResponse {
-        let allowed = engine.allowedIsolation(limit: nil)
+    /// Each backend with `allowed`: whether this caller's workloads may use it.
+    private func backends(_ caller: Caller) -> HTTPResponse {
+        let allowed = engine.allowedIsolation(limit: caller.isolation)
         let list = engine.capabilities.map { cap -> JSON in
             guard case .object(var members) = cap.json else { return cap.json }
             members.insert(("allowed", .bool(allowed.contains(cap.name))), at: 2)
@@ -346,8 +374,8 @@ public final class KilnAPI: HTTPResponder, @unchecked Sendable {
         return .json(200, .object([("backends", .array(list))]))
     }
 
-    private func stats() throws -> HTTPResponse {
-        let s = try store.stats()
+    private func stats(_ caller: Caller) throws -> HTTPResponse {
+        let s = try store.stats(tenant: caller.scope)
         var counts: [(String, JSON)] = [("total", .int(Int64(s.total)))]
         for status in WorkloadStatus.allCases { counts.append((status.rawValue, .int(Int64(s.byStatus[status] ?? 0)))) }
         let backends = s.backends.keys.sorted().map { name -> (String, JSON) in
@@ -359,21 +387,9 @@ public final class KilnAPI: HTTPResponder, @unchecked Sendable {
             ("workloads", .object(counts)),
             ("backends", .object(backends)),
             ("log_lines_total", .int(s.logLinesTotal)),
-            ("sse_subscribers", .int(Int64(subscribers.value))),
+            ("sse_subscribers", .int(Int64(subscribers.value(tenant: caller.scope)))),
         ]))
     }
-}
-
-/// Constant-time comparison: the time depends on the lengths only.
-func constantTimeEqual(_ a: [UInt8], _ b: [UInt8]) -> Bool {
-    var diff = UInt8(a.count == b.count ? 0 : 1)
-    let n = max(a.count, b.count)
-    for i in 0..<n {
-        let x = i < a.count ? a[i] : 0
-        let y = i < b.count ? b[i] : 0
-        diff |= x ^ y
-    }
-    return diff == 0
 }
 
 /// Adds CORS headers to a response that arrives later.
@@ -395,16 +411,6 @@ final class ShutdownFlag: @unchecked Sendable {
     private var value = false
     func set() { lock.lock(); value = true; lock.unlock() }
     var isSet: Bool { lock.lock(); defer { lock.unlock() }; return value }
-}
-
-/// Live SSE subscribers, for stats and the gauge.
-final class SubscriberCount: @unchecked Sendable {
-    // Guarded by `lock`.
-    private let lock = NSLock()
-    private var n = 0
-    private let gauge = Gauge(label: "kiln_sse_subscribers")
-    func add(_ d: Int) { lock.lock(); n += d; let v = n; lock.unlock(); gauge.record(v) }
-    var value: Int { lock.lock(); defer { lock.unlock() }; return n }
 }
 
 enum Query {

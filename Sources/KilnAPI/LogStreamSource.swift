@@ -21,6 +21,7 @@ final class LogStreamSource: HTTPStreamSource, @unchecked Sendable {
     let format: Format
     let hub: HeartbeatHub
     let counter: SubscriberCount
+    let tenant: String
     // Touched only from `read`, which the daemon calls one at a time per stream.
     private var cursor: Int64
     private var subscription: LogSubscription?
@@ -34,8 +35,9 @@ final class LogStreamSource: HTTPStreamSource, @unchecked Sendable {
     private var closed = false
 
     init(id: String, after: Int64, store: Store, broker: LogBroker, subscription: LogSubscription?,
-         format: Format, hub: HeartbeatHub, counter: SubscriberCount) {
+         format: Format, hub: HeartbeatHub, counter: SubscriberCount, tenant: String) {
         self.id = id
+        self.tenant = tenant
         self.cursor = after
         self.store = store
         self.broker = broker
@@ -43,7 +45,7 @@ final class LogStreamSource: HTTPStreamSource, @unchecked Sendable {
         self.format = format
         self.hub = hub
         self.counter = counter
-        counter.add(1)
+        counter.add(1, tenant: tenant)
     }
 
     func attach(waker: @escaping @Sendable () -> Void) {
@@ -71,7 +73,7 @@ final class LogStreamSource: HTTPStreamSource, @unchecked Sendable {
         lock.unlock()
         subscription?.cancel()
         hub.remove(self)
-        counter.add(-1)
+        counter.add(-1, tenant: tenant)
     }
 
     func read(max: Int) -> StreamRead {

@@ -6,10 +6,12 @@ public struct Parameters: Sendable {
     public subscript(name: String) -> String? { values[name] }
 }
 
-/// What a handler gets besides the request. A handler cannot be reached without the auth
-/// step: `KilnAPI` builds the context only after the route's `RouteAccess` was checked.
+/// What a handler gets besides the request: its path parameters and the caller that the
+/// auth step let through. A handler cannot be reached without that step: `KilnAPI` builds
+/// the context only after `RouteAccess` was checked.
 public struct RouteContext: Sendable {
     public var parameters: Parameters
+    public var caller: Caller
 }
 
 public typealias RouteHandler = @Sendable (HTTPRequest, RouteContext) -> HTTPResult

@@ -19,8 +19,14 @@ public struct ServerConfig: Sendable {
     public var heartbeatS: Int
     public var corsOrigins: [String]?
     public var logLevel: String
+    /// `KILN_TOKENS_FILE`: further tokens, by SHA-256 digest.
+    public var tokensFile: String?
     /// `KILN_ISOLATION`: the backends that may run workloads.
     public var isolation: Set<Isolation>
+    /// `KILN_ALLOW_UNAUTHENTICATED=1`: listen beyond loopback without any token.
+    public var allowUnauthenticated: Bool
+    /// The tokens this server accepts, read from `apiToken` and `tokensFile` at start.
+    public var tokens: TokenSet
 
     /// Every variable Kiln reads, with its default.
     public static let variables: [(name: String, defaultValue: String)] = [
@@ -35,18 +41,34 @@ public struct ServerConfig: Sendable {
         ("KILN_HEARTBEAT_S", "15"),
         ("KILN_CORS_ORIGINS", ""),
         ("KILN_LOG_LEVEL", "info"),
+        ("KILN_TOKENS_FILE", ""),
         ("KILN_ISOLATION", "sandbox,gvisor,isolate"),
+        ("KILN_ALLOW_UNAUTHENTICATED", "0"),
     ]
 
-    /// `flags` maps variable names to flag values (nil: flag not given); a flag wins.
+    /// `flags` maps variable names to flag values (nil: flag not given); a flag wins. Any
+    /// variable may instead be given as `NAME_FILE`, the path of a file holding its value
+    /// (Docker and Kubernetes secrets); one trailing newline is dropped.
     public static func resolve(flags: [String: String?], environment: [String: String]) throws -> ServerConfig {
-        func value(_ name: String) -> String {
-            if let f = flags[name], let f { return f }
-            if let e = environment[name] { return e }
-            return variables.first { $0.name == name }!.defaultValue
-        }
         func flagName(_ name: String) -> String {
             "--" + name.dropFirst(5).lowercased().replacingOccurrences(of: "_", with: "-")
+        }
+        var fromFiles: [String: String] = [:]
+        for (name, _) in variables {
+            guard let path = environment[name + "_FILE"] else { continue }
+            if environment[name] != nil {
+                throw ConfigError(description: "both \(name) and \(name)_FILE are set; set only one")
+            }
+            guard let data = FileManager.default.contents(atPath: path), var text = String(data: data, encoding: .utf8) else {
+                throw ConfigError(description: "invalid \(name)_FILE: cannot read \(path) as UTF-8 text")
+            }
+            if text.hasSuffix("\r\n") { text.removeLast(1) } else if text.hasSuffix("\n") { text.removeLast() }
+            fromFiles[name] = text
+        }
+        func value(_ name: String) -> String {
+            if let f = flags[name], let f { return f }
+            if let e = environment[name] ?? fromFiles[name] { return e }
+            return variables.first { $0.name == name }!.defaultValue
         }
         func int(_ name: String, min: Int, max: Int = Int.max) throws -> Int {
             let raw = value(name).trimmingCharacters(in: .whitespaces)
@@ -83,6 +105,16 @@ public struct ServerConfig: Sendable {
         guard !isolation.isEmpty else {
             throw ConfigError(description: "invalid KILN_ISOLATION (--isolation): empty; name at least one of process, sandbox, gvisor, isolate")
         }
+        let allowText = value("KILN_ALLOW_UNAUTHENTICATED").trimmingCharacters(in: .whitespaces).lowercased()
+        guard ["0", "1", "true", "false", ""].contains(allowText) else {
+            throw ConfigError(description: "invalid KILN_ALLOW_UNAUTHENTICATED (--allow-unauthenticated): \"\(allowText)\" is not 0 or 1")
+        }
+        let allowUnauthenticated = allowText == "1" || allowText == "true"
+        let tokensFile = value("KILN_TOKENS_FILE")
+        let tokens = try TokenSet(apiToken: token.isEmpty ? nil : token, tokensFile: tokensFile.isEmpty ? nil : tokensFile)
+        if !tokens.enabled, !allowUnauthenticated, !isLoopback(host) {
+            throw ConfigError(description: "refusing to listen on \(listen) without a token: set KILN_API_TOKEN or KILN_TOKENS_FILE, listen on 127.0.0.1, or set KILN_ALLOW_UNAUTHENTICATED=1 to run open to the network")
+        }
         return ServerConfig(
             host: host, port: port, db: db, apiToken: token.isEmpty ? nil : token,
             maxConcurrent: try int("KILN_MAX_CONCURRENT", min: 1, max: 10_000),
@@ -90,7 +122,16 @@ public struct ServerConfig: Sendable {
             maxBodyBytes: try int("KILN_MAX_BODY_BYTES", min: 1),
             defaultTimeoutS: defaultTimeout, maxTimeoutS: maxTimeout,
             heartbeatS: try int("KILN_HEARTBEAT_S", min: 1, max: 3600),
-            corsOrigins: cors.isEmpty ? nil : cors, logLevel: level, isolation: isolation)
+            corsOrigins: cors.isEmpty ? nil : cors, logLevel: level,
+            tokensFile: tokensFile.isEmpty ? nil : tokensFile, isolation: isolation,
+            allowUnauthenticated: allowUnauthenticated, tokens: tokens)
+    }
+
+    /// 127.0.0.0/8, ::1 and localhost: addresses no other machine can reach.
+    static func isLoopback(_ host: String) -> Bool {
+        if host == "localhost" || host == "::1" || host == "0:0:0:0:0:0:0:1" { return true }
+        let parts = host.split(separator: ".", omittingEmptySubsequences: false)
+        return parts.count == 4 && parts[0] == "127" && parts.allSatisfy { UInt8($0) != nil }
     }
 
     /// `host:port`, `[v6]:port` or `:port`.

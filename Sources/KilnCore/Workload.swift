@@ -86,12 +86,14 @@ public struct WorkloadRecord: Sendable, Equatable {
     public var createdAt: Int64
     public var startedAt: Int64?
     public var finishedAt: Int64?
+    /// The tenant of the token that submitted it (`default` without tokens).
+    public var tenant: String
 
     public init(id: String, status: WorkloadStatus, runtime: Runtime, isolation: Isolation,
                 isolationUsed: Isolation? = nil, exitCode: Int? = nil, outputJSON: String = "null",
                 outputTruncated: Bool = false, error: String? = nil, resources: Resources,
                 logLines: Int64 = 0, durationMs: Int64? = nil, createdAt: Int64,
-                startedAt: Int64? = nil, finishedAt: Int64? = nil) {
+                startedAt: Int64? = nil, finishedAt: Int64? = nil, tenant: String = "default") {
         self.id = id
         self.status = status
         self.runtime = runtime
@@ -107,11 +109,13 @@ public struct WorkloadRecord: Sendable, Equatable {
         self.createdAt = createdAt
         self.startedAt = startedAt
         self.finishedAt = finishedAt
+        self.tenant = tenant
     }
 
     public var json: JSON {
         .object([
             ("id", .string(id)),
+            ("tenant", .string(tenant)),
             ("status", .string(status.rawValue)),
             ("runtime", .string(runtime.rawValue)),
             ("isolation", .string(isolation.rawValue)),

@@ -31,11 +31,13 @@ public struct SubmitRequest: Sendable {
     public var isolation: Isolation
     public var resources: Resources
     public var env: [String: String]
+    /// The tenant the workload belongs to.
+    public var tenant: String
     /// The submitting token's own isolation list, which narrows the server's (nil: none).
     public var isolationLimit: Set<Isolation>?
 
     public init(runtime: Runtime, code: String, inputJSON: String = "null", isolation: Isolation = .auto,
-                resources: Resources, env: [String: String] = [:],
+                resources: Resources, env: [String: String] = [:], tenant: String = "default",
                 isolationLimit: Set<Isolation>? = nil) {
         self.runtime = runtime
         self.code = code
@@ -43,6 +45,7 @@ public struct SubmitRequest: Sendable {
         self.isolation = isolation
         self.resources = resources
         self.env = env
+        self.tenant = tenant
         self.isolationLimit = isolationLimit
     }
 }
@@ -179,7 +182,8 @@ public final class Engine: @unchecked Sendable {
         lock.unlock()
 
         let record = WorkloadRecord(id: ids.next(), status: .pending, runtime: request.runtime,
-                                    isolation: request.isolation, resources: request.resources, createdAt: Millis.now())
+                                    isolation: request.isolation, resources: request.resources, createdAt: Millis.now(),
+                                    tenant: request.tenant)
         do {
             try store.insert(record)
         } catch {
@@ -192,7 +196,7 @@ public final class Engine: @unchecked Sendable {
         Metrics.Counter(label: "kiln_workloads_submitted_total", dimensions: [("backend", backend.name.rawValue)]).increment()
         let spec = ExecutionSpec(id: record.id, runtime: request.runtime, code: request.code,
                                  inputJSON: request.inputJSON, env: request.env, resources: request.resources)
-        let job = Job(spec: spec, backend: backend)
+        let job = Job(spec: spec, backend: backend, tenant: request.tenant)
         if let onFinish { job.completions.append(onFinish) }
 
         lock.lock()
@@ -333,7 +337,8 @@ public final class Engine: @unchecked Sendable {
                 logger.error("cannot store the end of workload \(id): \(storeError)")
                 complete(job, (try? store.get(id)) ?? WorkloadRecord(
                     id: id, status: status, runtime: job.spec.runtime, isolation: .auto, isolationUsed: job.backend.name,
-                    exitCode: result.exitCode, error: error, resources: job.spec.resources, logLines: lines, createdAt: started))
+                    exitCode: result.exitCode, error: error, resources: job.spec.resources, logLines: lines, createdAt: started,
+                    tenant: job.tenant))
                 return
             }
             Metrics.Counter(label: "kiln_workloads_total", dimensions: [("status", status.rawValue), ("backend", backendName)]).increment()
@@ -438,13 +443,15 @@ public final class Engine: @unchecked Sendable {
 final class Job: @unchecked Sendable {
     let spec: ExecutionSpec
     let backend: any Backend
+    let tenant: String
     let cancellation = Cancellation()
     /// Guarded by the engine's lock.
     var completions: [Engine.Completion] = []
 
-    init(spec: ExecutionSpec, backend: any Backend) {
+    init(spec: ExecutionSpec, backend: any Backend, tenant: String) {
         self.spec = spec
         self.backend = backend
+        self.tenant = tenant
     }
 }
 

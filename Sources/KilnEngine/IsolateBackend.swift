@@ -100,6 +100,18 @@ final class IsolateHost: @unchecked Sendable {
         return c
     }
 
+    /// What the server log keeps of a line the host wrote to stderr. The host's own notes
+    /// (`kiln-isolate: …`) are its own text; lines it relays from an executor process
+    /// (`kiln-isolate[pid]: …`: V8 and Node diagnostics) could quote a workload, whose code
+    /// and output never reach the server's log, so only their size is kept.
+    static func diagnostic(_ line: String) -> String {
+        if line.hasPrefix("kiln-isolate[") {
+            let who = line.prefix { $0 != ":" }
+            return "isolate host: \(who) wrote a diagnostic line of \(line.utf8.count) bytes"
+        }
+        return "isolate host: \(line)"
+    }
+
     /// Reads the host's messages until it exits, then fails what was in flight.
     private func readLoop(_ c: ChildProcess, generation gen: Int) {
         var splitter = LineSplitter(maxLineBytes: Int.max / 2)
@@ -108,7 +120,7 @@ final class IsolateHost: @unchecked Sendable {
             if stream == .stdout {
                 splitter.feed(bytes) { dispatch($0) }
             } else {
-                stderr.feed(bytes) { logger.notice("isolate host: \($0)") }
+                stderr.feed(bytes) { logger.notice("\(IsolateHost.diagnostic($0))") }
             }
         }, onTick: {})
         splitter.finish { dispatch($0) }
@@ -127,7 +139,8 @@ final class IsolateHost: @unchecked Sendable {
 
     private func dispatch(_ text: String) {
         guard let msg = try? JSON.parse(text), let type = msg["type"]?.stringValue else {
-            if !text.isEmpty { logger.warning("isolate host sent an unreadable line: \(text.prefix(200))") }
+            // Its text could be a workload's output: only its size is logged.
+            if !text.isEmpty { logger.warning("isolate host sent an unreadable line of \(text.utf8.count) bytes") }
             return
         }
         if type == "ready" { return }

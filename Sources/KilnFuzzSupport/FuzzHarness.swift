@@ -12,7 +12,10 @@ import Logging
 ///
 /// An input's first byte chooses the mode and the server configuration:
 /// - bits 0-1: the API: no token and no CORS; token `fuzz-token` and CORS for
-///   `http://a.example`; CORS `*`; token only.
+///   `http://a.example`; CORS `*`; token only. Bit 3 set instead picks a fifth: the
+///   token and a tokens file with read and submit tokens of tenants team-a and team-b
+///   (`scopedTokens`); a read token must never succeed at an action, and no token may
+///   see another tenant's record.
 /// - bit 2 clear: the rest is JSON text: it must parse and re-encode stably, and it is
 ///   also submitted as a `POST /v1/workloads` body.
 /// - bit 2 set: the rest is a request: `METHOD TARGET` on the first line, `Name: value`
@@ -24,8 +27,8 @@ import Logging
 /// Invariants: no crash; every answer is 2xx or 4xx; a 4xx has a JSON error body with a
 /// code and a message; 405 names the allowed methods (not the one used), 401 asks for a
 /// bearer token; a JSON answer is valid JSON; a log stream is well-formed SSE; the access
-/// log line is JSON whose path is the request's, with the query sorted and `access_token`
-/// `REDACTED`; a JSON value that parses re-encodes to text that parses to the same value
+/// log line is JSON, and once fully percent-decoded it mentions `access_token` only as
+/// `access_token=REDACTED` and never holds the token's value; a JSON value that parses re-encodes to text that parses to the same value
 /// and encodes to the same bytes.
 ///
 /// No workload can run: the engine has no backends, so every valid submission is refused
@@ -40,6 +43,12 @@ public final class FuzzHarness: @unchecked Sendable {
         "01JKQX7V8MZRN3B4HTGFWDCS9C", "01JKQX7V8MZRN3B4HTGFWDCS9D",
     ]
     public static let token = "fuzz-token"
+    /// Tokens of the fifth configuration's tokens file: (value, tenant, role).
+    public static let scopedTokens: [(value: String, tenant: String, role: String)] = [
+        ("fuzz-read-a", "team-a", "read"), ("fuzz-submit-a", "team-a", "submit"), ("fuzz-read-b", "team-b", "read"),
+    ]
+    /// A workload of tenant team-a (the others belong to `default`).
+    public static let teamAWorkload = "01JKQX7V8MZRN3B4HTGFWDCS9F"
 
     let engine: Engine
     let apis: [KilnAPI]
@@ -62,6 +71,7 @@ public final class FuzzHarness: @unchecked Sendable {
             ["KILN_DB": ":memory:", "KILN_API_TOKEN": FuzzHarness.token, "KILN_CORS_ORIGINS": "http://a.example"],
             ["KILN_DB": ":memory:", "KILN_CORS_ORIGINS": "*"],
             ["KILN_DB": ":memory:", "KILN_API_TOKEN": FuzzHarness.token],
+            ["KILN_DB": ":memory:", "KILN_API_TOKEN": FuzzHarness.token, "KILN_TOKENS_FILE": FuzzHarness.writeTokensFile()],
         ]
         var apis: [KilnAPI] = []
         let box = accessLine
@@ -71,6 +81,16 @@ public final class FuzzHarness: @unchecked Sendable {
                                 metricsText: { Array("kiln_up 1\n".utf8) }, accessLog: { box.set($0) }))
         }
         self.apis = apis
+    }
+
+    /// The tokens file of the fifth configuration, by digest as the server expects it.
+    static func writeTokensFile() -> String {
+        let entries = scopedTokens.enumerated().map { i, t in
+            "{\"name\": \"t\(i)\", \"tenant\": \"\(t.tenant)\", \"role\": \"\(t.role)\", \"sha256\": \"\(TokenSet.hexDigest(t.value))\"}"
+        }
+        let path = NSTemporaryDirectory() + "kiln-fuzz-tokens-\(getpid()).json"
+        try! Data("{\"tokens\": [\(entries.joined(separator: ", "))]}".utf8).write(to: URL(fileURLWithPath: path))
+        return path
     }
 
     static func seed(store: Store, broker: LogBroker) {
@@ -93,12 +113,17 @@ public final class FuzzHarness: @unchecked Sendable {
                                          isolationUsed: .sandbox, exitCode: 7, outputJSON: #""oops\n""#, error: "exited with code 7",
                                          resources: r, logLines: 1, durationMs: 2, createdAt: t + 30, startedAt: t + 31, finishedAt: t + 33))
         try! store.appendLines(seeded[3], lines(1))
+        try! store.insert(WorkloadRecord(id: teamAWorkload, status: .completed, runtime: .shell, isolation: .auto,
+                                         isolationUsed: .sandbox, exitCode: 0, resources: r, logLines: 2, durationMs: 3,
+                                         createdAt: t + 40, startedAt: t + 41, finishedAt: t + 44, tenant: "team-a"))
+        try! store.appendLines(teamAWorkload, lines(2))
     }
 
     /// Runs one input; returns the first invariant it breaks, or nil.
     public func check(_ input: [UInt8]) -> String? {
         guard let flags = input.first else { return nil }
-        let api = apis[Int(flags & 3)]
+        // Bits 0-1 pick the configuration; bit 3 picks the one with a tokens file.
+        let api = flags & 8 != 0 ? apis[4] : apis[Int(flags & 3)]
         let rest = Array(input.dropFirst())
         if flags & 4 == 0 {
             if let problem = FuzzHarness.checkJSON(rest) { return problem }
@@ -212,7 +237,31 @@ public final class FuzzHarness: @unchecked Sendable {
             if allow.components(separatedBy: ", ").contains(request.method) { return "\(what): Allow \(allow) names the method" }
         }
         if response.status == 401, response.header("WWW-Authenticate") == nil { return "\(what): 401 without WWW-Authenticate" }
+        if let problem = FuzzHarness.checkScope(api, request, response) { return "\(what): \(problem)" }
         return checkAccessLog(api, request, status: response.status)
+    }
+
+    /// With a scoped token, a read token never gets a 2xx for an action, and no answer shows
+    /// a record of another tenant.
+    static func checkScope(_ api: KilnAPI, _ request: HTTPRequest, _ response: HTTPResponse) -> String? {
+        guard api.config.tokensFile != nil, let auth = request.header("authorization") else { return nil }
+        let presented = auth.split(separator: " ", maxSplits: 1).last.map { $0.trimmingCharacters(in: .whitespaces) }
+        guard let caller = scopedTokens.first(where: { $0.value == presented }) else { return nil }
+        let ok = (200..<300).contains(response.status)
+        if ok, caller.role == "read", request.method == "POST" || request.method == "DELETE" {
+            return "a read token's \(request.method) succeeded"
+        }
+        guard ok, case .bytes(let body) = response.body, let doc = try? JSON.parse(body) else { return nil }
+        var records: [JSON] = []
+        if doc["tenant"] != nil { records.append(doc) }
+        records += doc["workloads"]?.arrayValue ?? []
+        for r in records where r["tenant"]?.stringValue != caller.tenant {
+            return "a \(caller.tenant) token saw a record of tenant \(r["tenant"]?.text ?? "none")"
+        }
+        if request.target.segments.count >= 3, request.target.segments[2] == teamAWorkload, caller.tenant != "team-a" {
+            return "a \(caller.tenant) token reached a team-a workload"
+        }
+        return nil
     }
 
     /// Reads a log stream until it waits or ends: SSE lines only, UTF-8, then closes it.
@@ -247,15 +296,30 @@ public final class FuzzHarness: @unchecked Sendable {
         accessLine.set(nil)
         api.completed(request, status: status, durationNanos: 1_234_567)
         guard let line = accessLine.value, let doc = try? JSON.parse(line) else { return "access log line is not JSON" }
-        // The path and the query, sorted, with the access token's value replaced: the token
-        // never reaches the log (a token inside another value is that value's business).
-        var expected = request.path
-        if !request.query.isEmpty {
-            expected += "?" + request.query.keys.sorted().map { "\($0)=\($0 == "access_token" ? "REDACTED" : request.query[$0]!)" }
-                .joined(separator: "&")
+        guard let logged = doc["path"]?.stringValue else { return "access log line without a path" }
+        // Decoded until it no longer changes, every mention of the token is a redacted one.
+        var decoded = Array(logged.utf8)
+        for _ in 0..<8 {
+            let next = PercentDecoding.decode(decoded)
+            if next == decoded { break }
+            decoded = next
         }
-        guard doc["path"]?.stringValue == expected else {
-            return "access log path \(doc["path"]?.text ?? "none"), expected \(FuzzHarness.shown(expected))"
+        let lowered = String(decoding: decoded, as: UTF8.self).lowercased()
+        var rest = lowered[...]
+        while let r = rest.range(of: "access_token") {
+            guard lowered[r.upperBound...].hasPrefix("=redacted") else {
+                return "access log path \(FuzzHarness.shown(logged)) mentions access_token without REDACTED"
+            }
+            rest = lowered[r.upperBound...]
+        }
+        // The token's value is nowhere in the line, plain or encoded, when it is distinctive
+        // enough to look for (not a part of the rest of the request).
+        for item in request.target.query where item.name.lowercased() == "access_token" && item.value.utf8.count >= 6 {
+            let elsewhere = request.path.contains(item.value)
+                || request.target.query.contains { $0 != item && ($0.name.contains(item.value) || $0.value.contains(item.value)) }
+            if !elsewhere, lowered.contains(item.value.lowercased()) {
+                return "access log path \(FuzzHarness.shown(logged)) holds the access token"
+            }
         }
         return nil
     }

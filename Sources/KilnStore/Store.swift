@@ -20,11 +20,14 @@ public struct WorkloadFilter: Sendable {
     public var status: WorkloadStatus?
     public var isolationUsed: Isolation?
     public var runtime: Runtime?
+    /// Only this tenant's workloads (nil: every tenant).
+    public var tenant: String?
 
-    public init(status: WorkloadStatus? = nil, isolationUsed: Isolation? = nil, runtime: Runtime? = nil) {
+    public init(status: WorkloadStatus? = nil, isolationUsed: Isolation? = nil, runtime: Runtime? = nil, tenant: String? = nil) {
         self.status = status
         self.isolationUsed = isolationUsed
         self.runtime = runtime
+        self.tenant = tenant
     }
 }
 
@@ -135,7 +138,19 @@ public final class Store: Sendable {
                 ALTER TABLE log_lines_clustered RENAME TO log_lines;
                 """)
         }
+        // Tenants (access control): what was stored before belongs to `default`.
+        m.registerMigration("v3-tenant") { db in
+            try db.execute(sql: """
+                ALTER TABLE workloads ADD COLUMN tenant TEXT NOT NULL DEFAULT 'default';
+                CREATE INDEX workloads_tenant ON workloads(tenant, id);
+                """)
+        }
         return m
+    }
+
+    /// Runs SQL as it is: tests write rows of an older schema with it.
+    func executeForTesting(_ sql: String) throws {
+        try db.write { try $0.execute(sql: sql) }
     }
 
     // MARK: Workloads
@@ -145,8 +160,8 @@ public final class Store: Sendable {
             try db.execute(sql: """
                 INSERT INTO workloads (id, status, runtime, isolation, isolation_used, exit_code, output,
                     output_truncated, error, cpus, mem_mb, timeout_s, log_lines, duration_ms, created_at,
-                    started_at, finished_at)
-                VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+                    started_at, finished_at, tenant)
+                VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
                 """, arguments: Store.arguments(r))
         }
     }
@@ -166,7 +181,7 @@ public final class Store: Sendable {
             try db.execute(sql: """
                 UPDATE workloads SET status = ?, runtime = ?, isolation = ?, isolation_used = ?, exit_code = ?,
                     output = ?, output_truncated = ?, error = ?, cpus = ?, mem_mb = ?, timeout_s = ?,
-                    log_lines = ?, duration_ms = ?, created_at = ?, started_at = ?, finished_at = ?
+                    log_lines = ?, duration_ms = ?, created_at = ?, started_at = ?, finished_at = ?, tenant = ?
                 WHERE id = ?
                 """, arguments: StatementArguments(Array(Store.values(r).dropFirst())) + [id])
             return r
@@ -185,6 +200,7 @@ public final class Store: Sendable {
         if let s = filter.status { clauses.append("status = ?"); args.append(s.rawValue) }
         if let i = filter.isolationUsed { clauses.append("isolation_used = ?"); args.append(i.rawValue) }
         if let r = filter.runtime { clauses.append("runtime = ?"); args.append(r.rawValue) }
+        if let t = filter.tenant { clauses.append("tenant = ?"); args.append(t) }
         let whereSQL = clauses.isEmpty ? "" : "WHERE " + clauses.joined(separator: " AND ")
         args.append(limit + 1)
         let rows = try db.read { db in
@@ -252,11 +268,16 @@ public final class Store: Sendable {
 
     // MARK: Stats
 
-    public func stats() throws -> StoreStats {
-        try db.read { db in
+    /// Counts and durations, of one tenant's workloads or (nil) of all.
+    public func stats(tenant: String? = nil) throws -> StoreStats {
+        // `tenant IS NULL` is never true of a row: with no tenant, `? IS NULL` keeps every row.
+        let scope = "(? IS NULL OR tenant = ?)"
+        let scopeArgs: StatementArguments = [tenant, tenant]
+        return try db.read { db in
             var byStatus: [WorkloadStatus: Int] = [:]
             var total = 0
-            for row in try Row.fetchAll(db, sql: "SELECT status, count(*) AS n FROM workloads GROUP BY status") {
+            for row in try Row.fetchAll(db, sql: "SELECT status, count(*) AS n FROM workloads WHERE \(scope) GROUP BY status",
+                                        arguments: scopeArgs) {
                 if let s = WorkloadStatus(rawValue: row["status"]) {
                     let n: Int = row["n"]
                     byStatus[s] = n
@@ -266,21 +287,22 @@ public final class Store: Sendable {
             var backends: [String: BackendStats] = [:]
             let groups = try Row.fetchAll(db, sql: """
                 SELECT isolation_used, count(*) AS n, avg(duration_ms) AS avg FROM workloads
-                WHERE duration_ms IS NOT NULL AND isolation_used IS NOT NULL GROUP BY isolation_used
-                """)
+                WHERE duration_ms IS NOT NULL AND isolation_used IS NOT NULL AND \(scope) GROUP BY isolation_used
+                """, arguments: scopeArgs)
             for row in groups {
                 let name: String = row["isolation_used"]
                 let n: Int = row["n"]
                 func percentile(_ p: Double) throws -> Int64 {
                     let offset = max(0, Int((Double(n) * p).rounded(.up)) - 1)
                     return try Int64.fetchOne(db, sql: """
-                        SELECT duration_ms FROM workloads WHERE isolation_used = ? AND duration_ms IS NOT NULL
+                        SELECT duration_ms FROM workloads WHERE isolation_used = ? AND duration_ms IS NOT NULL AND \(scope)
                         ORDER BY duration_ms LIMIT 1 OFFSET ?
-                        """, arguments: [name, offset]) ?? 0
+                        """, arguments: [name] + scopeArgs + [offset]) ?? 0
                 }
                 backends[name] = BackendStats(count: n, avgMs: row["avg"], p50Ms: try percentile(0.5), p95Ms: try percentile(0.95))
             }
-            let lines = try Int64.fetchOne(db, sql: "SELECT coalesce(sum(log_lines), 0) FROM workloads") ?? 0
+            let lines = try Int64.fetchOne(db, sql: "SELECT coalesce(sum(log_lines), 0) FROM workloads WHERE \(scope)",
+                                           arguments: scopeArgs) ?? 0
             return StoreStats(byStatus: byStatus, total: total, backends: backends, logLinesTotal: lines)
         }
     }
@@ -290,7 +312,7 @@ public final class Store: Sendable {
     private static func values(_ r: WorkloadRecord) -> [(any DatabaseValueConvertible)?] {
         [r.id, r.status.rawValue, r.runtime.rawValue, r.isolation.rawValue, r.isolationUsed?.rawValue, r.exitCode,
          r.outputJSON, r.outputTruncated, r.error, r.resources.cpus, r.resources.memMB, r.resources.timeoutS,
-         r.logLines, r.durationMs, r.createdAt, r.startedAt, r.finishedAt]
+         r.logLines, r.durationMs, r.createdAt, r.startedAt, r.finishedAt, r.tenant]
     }
 
     private static func arguments(_ r: WorkloadRecord) -> StatementArguments {
@@ -317,6 +339,7 @@ public final class Store: Sendable {
             durationMs: row["duration_ms"],
             createdAt: row["created_at"],
             startedAt: row["started_at"],
-            finishedAt: row["finished_at"])
+            finishedAt: row["finished_at"],
+            tenant: row["tenant"])
     }
 }

@@ -277,6 +277,7 @@ extension WorkloadRecord {
                                        timeoutS: Int(r?["timeout_s"]?.int64Value ?? 0)),
                   logLines: json["log_lines"]?.int64Value ?? 0,
                   durationMs: json["duration_ms"]?.int64Value,
-                  createdAt: 0)
+                  createdAt: 0,
+                  tenant: json["tenant"]?.stringValue ?? "default")
     }
 }

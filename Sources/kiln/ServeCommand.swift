@@ -20,7 +20,9 @@ struct ServeCommand: ParsableCommand {
     @Option(parsing: .unconditional, help: "SSE keep-alive interval in seconds (KILN_HEARTBEAT_S)") var heartbeatS: String?
     @Option(parsing: .unconditional, help: "comma-separated CORS origins, or * (KILN_CORS_ORIGINS)") var corsOrigins: String?
     @Option(parsing: .unconditional, help: "server log level (KILN_LOG_LEVEL)") var logLevel: String?
+    @Option(parsing: .unconditional, help: "JSON file of further tokens, by SHA-256 digest (KILN_TOKENS_FILE)") var tokensFile: String?
     @Option(parsing: .unconditional, help: "comma-separated backends that may run workloads (KILN_ISOLATION; process only when listed)") var isolation: String?
+    @Option(parsing: .unconditional, help: "1: listen beyond loopback without a token (KILN_ALLOW_UNAUTHENTICATED)") var allowUnauthenticated: String?
 
     func run() throws {
         let flags: [String: String?] = [
@@ -29,7 +31,8 @@ struct ServeCommand: ParsableCommand {
             "KILN_MAX_BODY_BYTES": maxBodyBytes, "KILN_DEFAULT_TIMEOUT_S": defaultTimeoutS,
             "KILN_MAX_TIMEOUT_S": maxTimeoutS, "KILN_HEARTBEAT_S": heartbeatS,
             "KILN_CORS_ORIGINS": corsOrigins, "KILN_LOG_LEVEL": logLevel,
-            "KILN_ISOLATION": isolation,
+            "KILN_TOKENS_FILE": tokensFile, "KILN_ISOLATION": isolation,
+            "KILN_ALLOW_UNAUTHENTICATED": allowUnauthenticated,
         ]
         let config: ServerConfig
         do {

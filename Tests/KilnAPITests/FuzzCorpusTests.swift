@@ -39,6 +39,16 @@ import KilnTestSupport
         #expect(why != nil)
     }
 
+    @Test func scopedTokensGetTheirRolesAndTenantsAnswers() throws {
+        let folder = "\(KilnServer.packageRoot)/Tests/fuzz-corpus"
+        for (name, status) in [("req-scoped-read-submits", 403), ("req-scoped-other-tenant", 404), ("req-scoped-list-b", 200),
+                               ("req-scoped-logs-a", 200), ("req-scoped-kill", 409), ("req-target-no-slash", 400)] {
+            let data = try #require(FileManager.default.contents(atPath: "\(folder)/\(name)"))
+            #expect(FuzzHarness.shared.check(Array(data)) == nil, "\(name)")
+            #expect(FuzzHarness.shared.lastAnswer.hasSuffix("-> \(status)"), "\(name): \(FuzzHarness.shared.lastAnswer)")
+        }
+    }
+
     @Test func jsonThatParsesReencodesStably() {
         for text in [#"{"a": [1, 2.5, -0, 1e300, "\ud800x", "\u00e9"], "b": null}"#, "5e-324", #""\u0000""#, "[[[]]]"] {
             #expect(FuzzHarness.checkJSON(Array(text.utf8)) == nil, "\(text)")

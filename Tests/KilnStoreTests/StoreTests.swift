@@ -74,7 +74,12 @@ import KilnCore
         let id: String
         do {
             let old = try Store(path: p, migrateUpTo: "v1-log-lines")
-            id = try make(old, .completed)
+            id = ULIDGenerator().next()
+            // A row as the first schema stored it (the current insert names later columns).
+            try old.executeForTesting("""
+                INSERT INTO workloads (id, status, runtime, isolation, cpus, mem_mb, timeout_s, created_at)
+                VALUES ('\(id)', 'completed', 'shell', 'auto', 1, 256, 30, 1)
+                """)
             try old.appendLines(id, (1...300).map { LogLine(seq: Int64($0), stream: $0 % 2 == 0 ? .stderr : .stdout, ts: Int64($0), line: "line \($0)") })
         }
         let store = try Store(path: p)
@@ -84,6 +89,30 @@ import KilnCore
         #expect(try store.maxSeq(id) == 300)
         // Still one line per seq.
         #expect(throws: (any Error).self) { try store.appendLines(id, [LogLine(seq: 5, stream: .stdout, ts: 0, line: "again")]) }
+        // Workloads stored before tenants existed belong to `default`.
+        #expect(try store.get(id)?.tenant == "default")
+        #expect(try store.list(limit: 10, cursor: nil, filter: WorkloadFilter(tenant: "default")).records.map(\.id) == [id])
+        #expect(try store.list(limit: 10, cursor: nil, filter: WorkloadFilter(tenant: "team-a")).records.isEmpty)
+    }
+
+    @Test func tenantsScopeListsAndStats() throws {
+        let store = try Store(path: ":memory:")
+        var a = record()
+        a.tenant = "team-a"
+        try store.insert(a)
+        var b = record()
+        b.tenant = "team-b"
+        try store.insert(b)
+        try store.insert(record())
+        #expect(try store.get(a.id)?.tenant == "team-a")
+        #expect(try store.list(limit: 10, cursor: nil, filter: WorkloadFilter(tenant: "team-b")).records.map(\.id) == [b.id])
+        #expect(try store.list(limit: 10, cursor: nil, filter: WorkloadFilter()).records.count == 3)
+        #expect(try store.stats(tenant: "team-a").total == 1)
+        #expect(try store.stats(tenant: "nobody").total == 0)
+        #expect(try store.stats().total == 3)
+        // A transition keeps the tenant.
+        #expect(try store.transition(a.id, to: .running).tenant == "team-a")
+        #expect(try store.get(a.id)?.tenant == "team-a")
     }
 
     @Test func transitionAppliesTheChange() throws {
