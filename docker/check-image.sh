@@ -527,7 +527,10 @@ fi
 
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 child_of() { ps -o pid= --ppid "$1" 2>/dev/null | head -1 | tr -d ' '; }
-post() { curl -sS -m 60 -H 'Content-Type: application/json' -d "$2" "http://127.0.0.1:$PORT$1"; }
+# Every run has a token (the image refuses to listen beyond loopback without one) and allows
+# the process backend, so that the image's runtimes are checked whatever isolates here.
+CHECK_TOKEN=check-image-token
+post() { curl -sS -m 60 -H "Authorization: Bearer $CHECK_TOKEN" -H 'Content-Type: application/json' -d "$2" "http://127.0.0.1:$PORT$1"; }
 field() { python3 -c 'import json,sys
 try: d=json.loads(sys.argv[1])
 except Exception: print("(not JSON: %s)" % sys.argv[1][:200]); sys.exit()
@@ -543,7 +546,8 @@ serve() {
     local vol=$WORK/volume-$n out=$WORK/server-$n.out err=$WORK/server-$n.err
     # A fresh named volume: Docker copies the image's folder, owner and mode into it.
     mkdir -p "$vol" && cp -a "$M/var/lib/kiln/." "$vol/" && chown --reference="$M/var/lib/kiln" "$vol" && chmod --reference="$M/var/lib/kiln" "$vol"
-    write_env "$WORK/server-$n.env" "$user" "KILN_LISTEN=127.0.0.1:$PORT"
+    write_env "$WORK/server-$n.env" "$user" "KILN_LISTEN=127.0.0.1:$PORT" "KILN_API_TOKEN=$CHECK_TOKEN" \
+        "KILN_ISOLATION=process,sandbox,gvisor,isolate"
     mapfile -t argv < <(dq '"\n".join([s["argv"] for s in rt["steps"] if s["op"]=="ENTRYPOINT"][-1] + [s["argv"] for s in rt["steps"] if s["op"]=="CMD"][-1])')
     echo "--- run $n: $label (port $PORT)"
     FRESH_TMP=1 setpriv --pdeathsig KILL -- unshare --mount --propagation private -- \
@@ -573,7 +577,7 @@ serve() {
         [ "$(field "$r" status)" = completed ]
 
     local backends
-    backends=$(curl -sS -m 10 "http://127.0.0.1:$PORT/v1/backends")
+    backends=$(curl -sS -m 10 -H "Authorization: Bearer $CHECK_TOKEN" "http://127.0.0.1:$PORT/v1/backends")
     python3 - "$backends" > "$WORK/backends-$n" <<'EOF'
 import json, sys
 for b in json.loads(sys.argv[1])["backends"]:
@@ -641,6 +645,21 @@ EOF
     fi
     grep -v '^{' "$err" | grep -iE "error|warn|fatal" | head -5 | sed 's/^/     stderr: /'
 }
+
+# The image listens on 0.0.0.0: without a token its command must refuse to start (exit 2).
+mkdir -p "$WORK/volume-notoken" && cp -a "$M/var/lib/kiln/." "$WORK/volume-notoken/"
+chown --reference="$M/var/lib/kiln" "$WORK/volume-notoken"
+write_env "$WORK/notoken.env" "$IMG_USER" "KILN_LISTEN=0.0.0.0:$(free_port)"
+mapfile -t argv < <(dq '"\n".join([s["argv"] for s in rt["steps"] if s["op"]=="ENTRYPOINT"][-1] + [s["argv"] for s in rt["steps"] if s["op"]=="CMD"][-1])')
+rc=0
+IN_ROOT_TIMEOUT=60 in_root "$WORK/volume-notoken" ro - "$(userspec "$IMG_USER")" docker "$WORK/notoken.env" -- "${argv[@]}" \
+    > "$WORK/notoken.out" 2>&1 || rc=$?
+if [ "$rc" = 2 ] && grep -q "refusing to listen" "$WORK/notoken.out"; then
+    pass "without KILN_API_TOKEN the image refuses to start: $(grep -m1 refusing "$WORK/notoken.out")"
+else
+    fail "without KILN_API_TOKEN the image refuses to start (exit $rc)"
+    tail -n 5 "$WORK/notoken.out" | sed 's/^/     | /'
+fi
 
 serve "root, all capabilities (docker run --user root --privileged)" root full rw -
 serve "$IMAGE_USER, the image's USER (docker run)" "$IMAGE_USER" docker ro -

@@ -1,0 +1,39 @@
+import Foundation
+import Testing
+import KilnTestSupport
+
+/// The compose file requires a token and publishes on loopback only. No Docker engine (nor
+/// Compose v2) runs here, so the file is read as YAML; the image's own refusal to start
+/// without a token is checked by docker/check-image.sh (needs root and a release build).
+@Suite struct DockerFilesTests {
+    @Test func composeRequiresATokenAndBindsToLoopback() throws {
+        let script = """
+        import sys, yaml
+        doc = yaml.safe_load(open(sys.argv[1]))
+        svc = doc["services"]["kiln"]
+        env = svc["environment"]
+        token = env.get("KILN_API_TOKEN", "")
+        assert token.startswith("${KILN_API_TOKEN:?") and token.endswith("}") and len(token) > 22, "token not required: %r" % token
+        ports = svc["ports"]
+        assert ports and all(str(p).startswith("127.0.0.1:") for p in ports), "published beyond loopback: %r" % ports
+        assert "KILN_ALLOW_UNAUTHENTICATED" not in env, "compose turns the token check off"
+        print("ok")
+        """
+        let (status, out, err) = try Curl.exec("/usr/bin/env", ["python3", "-c", script, "\(KilnServer.packageRoot)/docker/compose.yaml"])
+        #expect(status == 0, "\(String(decoding: err, as: UTF8.self))")
+        #expect(String(decoding: out, as: UTF8.self) == "ok\n")
+    }
+
+    @Test func theImageListensBeyondLoopbackSoItNeedsAToken() throws {
+        let dockerfile = try String(contentsOfFile: "\(KilnServer.packageRoot)/docker/Dockerfile", encoding: .utf8)
+        #expect(dockerfile.contains("KILN_LISTEN=0.0.0.0:8080"))
+        #expect(!dockerfile.contains("KILN_ALLOW_UNAUTHENTICATED"))
+        // And the binary refuses that address without a token (exit 2).
+        let dir = KilnServer.tempDir("kiln-image")
+        let env = ProcessInfo.processInfo.environment.filter { !$0.key.hasPrefix("KILN_") }
+            .map { "\($0.key)=\($0.value)" } + ["KILN_LISTEN=0.0.0.0:0", "KILN_DB=\(dir)/kiln.db"]
+        let (status, _, err) = try Curl.exec("/usr/bin/env", ["-i"] + env + [KilnServer.binary, "serve"])
+        #expect(status == 2)
+        #expect(String(decoding: err, as: UTF8.self).contains("refusing to listen on 0.0.0.0:0 without a token"))
+    }
+}
