@@ -5,7 +5,7 @@ SWIFT ?= swift
 APT_PACKAGES := libmicrohttpd-dev libsqlite3-dev libcurl4-openssl-dev pkg-config curl bubblewrap runsc
 CONFIG ?= release
 
-.PHONY: deps build release run test test-tsan fuzz clean embed
+.PHONY: deps build release run test test-tsan fuzz clean
 
 deps:
 	@missing=""; for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
@@ -51,10 +51,6 @@ fuzz: deps
 
 clean:
 	rm -rf .build .build-tsan .build-fuzz
-
-# Embeds the Node isolate host's source into the binary.
-embed:
-	sh Sources/KilnEngine/isolate/embed.sh
 
 # Reliability checks (benchmarks/README.md, "Reliability"): R1 1,000 stream
 # connect/disconnect cycles under load, R2 SIGKILL during a 1,000,000-line workload and

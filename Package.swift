@@ -46,8 +46,10 @@ let package = Package(
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "Metrics", package: "swift-metrics"),
             ],
-            // The Node host's source; IsolateHostScript.swift embeds it (make embed).
-            exclude: ["isolate"]
+            // The Node isolate host, compiled into the binary (PackageResources.host_mjs);
+            // its own tests (host-test.mjs) are run by `make test` with node.
+            exclude: ["isolate/host-test.mjs"],
+            resources: [.embedInCode("isolate/host.mjs")]
         ),
         .target(
             name: "KilnAPI",
@@ -84,7 +86,8 @@ let package = Package(
         .testTarget(name: "KilnSystemTests", dependencies: ["KilnSystem", "KilnTestSupport"]),
         .testTarget(name: "KilnStoreTests", dependencies: ["KilnStore", "KilnCore"]),
         .testTarget(name: "KilnEngineTests", dependencies: ["KilnEngine", "KilnStore", "KilnCore", "KilnSystem", "KilnTestSupport"]),
-        .testTarget(name: "KilnIntegrationTests", dependencies: ["KilnTestSupport", "KilnCore"]),
+        // Depends on the executable so that `swift test` builds the binary it runs (KILN_BIN overrides it).
+        .testTarget(name: "KilnIntegrationTests", dependencies: ["KilnTestSupport", "KilnCore", "kiln"]),
         .testTarget(name: "KilnAPITests", dependencies: ["KilnAPI", "KilnEngine", "KilnStore", "KilnTestSupport", "KilnFuzzSupport",
                                                          .product(name: "Logging", package: "swift-log")]),
     ],

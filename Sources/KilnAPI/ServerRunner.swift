@@ -66,10 +66,12 @@ public final class ServerRunner: @unchecked Sendable {
         self.engine = engine
         self.api = api
         let shownHost = config.host.contains(":") ? "[\(config.host)]" : config.host
-        try? out.write(contentsOf: Data("kiln \(ServerRunner.version) listening on http://\(shownHost):\(server.boundPort)\n".utf8))
+        // One write, so that whoever sees the listening line sees the notice with it.
+        var startLines = "kiln \(ServerRunner.version) listening on http://\(shownHost):\(server.boundPort)\n"
         if let notice = ServerRunner.isolationNotice(engine.capabilities, allowed: config.isolation) {
-            try? out.write(contentsOf: Data((notice + "\n").utf8))
+            startLines += notice + "\n"
         }
+        try? out.write(contentsOf: Data(startLines.utf8))
         for sig in [SIGTERM, SIGINT] {
             signal(sig, SIG_IGN)
             let source = DispatchSource.makeSignalSource(signal: sig, queue: DispatchQueue(label: "kiln.signals"))

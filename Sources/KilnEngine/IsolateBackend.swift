@@ -86,7 +86,7 @@ final class IsolateHost: @unchecked Sendable {
         guard let nodePath else { throw SpawnError(description: "node is not installed") }
         try FileManager.default.createDirectory(atPath: scriptFolder, withIntermediateDirectories: true)
         let script = "\(scriptFolder)/host.mjs"
-        try Data(IsolateHostScript.source.utf8).write(to: URL(fileURLWithPath: script))
+        try Data(PackageResources.host_mjs).write(to: URL(fileURLWithPath: script))
         let c = try ChildProcess.spawn(SpawnSpec(
             executable: nodePath, arguments: ["node", script],
             environment: ["PATH": RuntimeLocator.minimalPath, "HOME": scriptFolder],

@@ -7,7 +7,7 @@ import KilnTestSupport
 @testable import KilnEngine
 
 /// docs/openapi.yaml validates, and documents exactly the routes the server registers.
-@Suite struct OpenAPITests {
+@Suite(.timeLimit(.minutes(10))) struct OpenAPITests {
     @Test func theDocumentValidatesAndMatchesTheRouter() throws {
         let store = try Store(path: ":memory:")
         let engine = Engine(store: store, broker: LogBroker(), backends: [],

@@ -7,7 +7,7 @@ import KilnTestSupport
 @testable import KilnEngine
 
 /// Every route states who may call it, and only `/healthz` and `/metrics` are open.
-@Suite struct RouteAccessTests {
+@Suite(.timeLimit(.minutes(10))) struct RouteAccessTests {
     @Test func everyRouteHasTheAccessRuleTheAccessTestsExpect() throws {
         let store = try Store(path: ":memory:")
         let engine = Engine(store: store, broker: LogBroker(), backends: [],

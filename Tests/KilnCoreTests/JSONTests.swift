@@ -2,7 +2,7 @@ import Foundation
 import Testing
 @testable import KilnCore
 
-@Suite struct JSONTests {
+@Suite(.timeLimit(.minutes(10))) struct JSONTests {
     @Test func parsesAndEncodesEveryKind() throws {
         let v = try JSON.parse(#"{"a": [1, 2.5, "x\n\"y", true, null, {"b": -7}]}"#)
         #expect(v["a"]?.arrayValue?.count == 6)
@@ -35,7 +35,7 @@ import Testing
     }
 }
 
-@Suite struct ULIDTests {
+@Suite(.timeLimit(.minutes(10))) struct ULIDTests {
     @Test func idsAreValidAndIncreaseWithinOneMillisecond() {
         let g = ULIDGenerator()
         let now = Date()
@@ -63,14 +63,14 @@ import Testing
     }
 }
 
-@Suite struct TimeTests {
+@Suite(.timeLimit(.minutes(10))) struct TimeTests {
     @Test func formatsRFC3339WithMilliseconds() {
         #expect(Millis.rfc3339(0) == "1970-01-01T00:00:00.000Z")
         #expect(Millis.rfc3339(1_795_672_800_043) == "2026-11-26T06:00:00.043Z")
     }
 }
 
-@Suite struct StateMachineTests {
+@Suite(.timeLimit(.minutes(10))) struct StateMachineTests {
     @Test func allowedTransitionsAreExactlyTheSpecs() {
         let allowed: Set<String> = ["pending>running", "pending>killed", "pending>failed",
                                     "running>completed", "running>failed", "running>killed"]

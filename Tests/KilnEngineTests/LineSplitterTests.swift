@@ -1,7 +1,7 @@
 import Testing
 @testable import KilnEngine
 
-@Suite struct LineSplitterTests {
+@Suite(.timeLimit(.minutes(10))) struct LineSplitterTests {
     func split(_ chunks: [[UInt8]], max: Int = LineSplitter.defaultMaxLineBytes) -> [String] {
         var s = LineSplitter(maxLineBytes: max)
         var out: [String] = []

@@ -3,7 +3,7 @@ import Testing
 import KilnCore
 @testable import KilnEngine
 
-@Suite struct LogBrokerTests {
+@Suite(.timeLimit(.minutes(10))) struct LogBrokerTests {
     func line(_ seq: Int64, _ text: String? = nil) -> LogLine {
         LogLine(seq: seq, stream: .stdout, ts: 0, line: text ?? "line \(seq)")
     }

@@ -4,7 +4,7 @@ import KilnCore
 import KilnTestSupport
 
 /// The real `kiln` binary on a free port, driven by curl.
-@Suite struct APITests {
+@Suite(.timeLimit(.minutes(10))) struct APITests {
     @Test func syncSubmitReturnsTheTerminalRecord() throws {
         let s = try KilnServer.start()
         let r = try s.run(#"{"runtime": "python", "code": "import sys, json\nd = json.load(sys.stdin)\nprint(json.dumps({'sum': d['a'] + d['b']}))", "input": {"a": 1, "b": 2}}"#)

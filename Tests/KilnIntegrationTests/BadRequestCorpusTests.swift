@@ -8,7 +8,7 @@ import KilnTestSupport
 /// header floods, long URLs, request smuggling, path traversal, slowloris) to a real server
 /// over loopback. Each must get its exact status, the server must stay healthy after every
 /// one, and none may create a workload.
-@Suite struct BadRequestCorpusTests {
+@Suite(.timeLimit(.minutes(10))) struct BadRequestCorpusTests {
     static let script = "\(KilnServer.packageRoot)/Tests/tools/badrequests.py"
 
     /// Runs the corpus; returns the number of cases, after recording every failing one.

@@ -4,29 +4,26 @@ import KilnCore
 import KilnTestSupport
 
 enum IsolationServer {
-    /// A server when `backend` is available. Otherwise the reason is printed and the
-    /// test skips, unless KILN_REQUIRE_BACKENDS=1 (CI on this machine), where it fails.
-    static func server(for backend: String) throws -> KilnServer? {
+    /// A server that has `backend`. Tests that call this are enabled only where the backend
+    /// is available (`Backends.runnable`), or where it is required: then its absence fails.
+    static func server(for backend: String) throws -> KilnServer {
         let s = try KilnServer.start(env: ["KILN_MAX_CONCURRENT": "24"])
-        return try available(s, backend) ? s : nil
+        try require(s, backend)
+        return s
     }
 
-    /// Whether `s` has `backend`; prints why not, or fails under KILN_REQUIRE_BACKENDS=1.
-    static func available(_ s: KilnServer, _ backend: String) throws -> Bool {
+    static func require(_ s: KilnServer, _ backend: String) throws {
         let list = try s.json("GET", "/v1/backends").1["backends"]?.arrayValue ?? []
         guard let b = list.first(where: { $0["name"] == .string(backend) }) else { throw TestFailure("no backend \(backend) listed") }
-        if b["available"] == .bool(true) { return true }
-        let reason = b["reason"]?.stringValue ?? "no reason given"
-        if ProcessInfo.processInfo.environment["KILN_REQUIRE_BACKENDS"] == "1" {
-            throw TestFailure("backend \(backend) is unavailable: \(reason)")
+        guard b["available"] == .bool(true) else {
+            throw TestFailure("backend \(backend) is unavailable: \(b["reason"]?.stringValue ?? "no reason given")")
         }
-        print("SKIPPED: backend \(backend) is unavailable here: \(reason)")
-        return false
     }
 }
 
-/// Real escape attempts against the isolating backends that run processes.
-@Suite struct SandboxEscapeTests {
+/// Real escape attempts against the isolating backends that run processes: the checks,
+/// run by one suite per backend below.
+struct EscapeChecks {
     /// A Python probe that tries each escape and reports what happened.
     static func probe(secret: String, marker: String, port: Int, hostTmp: String) -> String {
         """
@@ -67,9 +64,8 @@ enum IsolationServer {
         """
     }
 
-    @Test(arguments: ["sandbox", "gvisor"])
     func escapeAttemptsAreRefused(_ backend: String) throws {
-        guard let s = try IsolationServer.server(for: backend) else { return }
+        let s = try IsolationServer.server(for: backend)
         let tag = UUID().uuidString.prefix(8)
         let secret = "/root/kiln-secret-\(tag)"
         try Data("top secret".utf8).write(to: URL(fileURLWithPath: secret))
@@ -101,9 +97,8 @@ enum IsolationServer {
         #expect(listener.connections == 0)
     }
 
-    @Test(arguments: ["sandbox", "gvisor"])
     func shellAndNodeRunInside(_ backend: String) throws {
-        guard let s = try IsolationServer.server(for: backend) else { return }
+        let s = try IsolationServer.server(for: backend)
         let sh = try s.run(JSON.object([("runtime", .string("shell")), ("isolation", .string(backend)),
                                         ("code", .string("cat; echo; id -u; cat /etc/shadow 2>&1 || true")), ("input", .object([("k", .int(1))]))]).text)
         let lines = sh["output"]?.stringValue?.split(separator: "\n").map(String.init) ?? []
@@ -115,9 +110,8 @@ enum IsolationServer {
         #expect(node["output"] == .object([("r", .string("ENOENT"))]) || node["output"] == .object([("r", .string("EACCES"))]))
     }
 
-    @Test(arguments: ["sandbox", "gvisor"])
     func exceedingMemoryFailsWithAClearError(_ backend: String) throws {
-        guard let s = try IsolationServer.server(for: backend) else { return }
+        let s = try IsolationServer.server(for: backend)
         let r = try s.run(JSON.object([("runtime", .string("python")), ("isolation", .string(backend)),
                                        ("code", .string("x = bytearray(400 * 1024 * 1024)\nprint('allocated')")),
                                        ("resources", .object([("mem_mb", .int(64))]))]).text)
@@ -125,9 +119,8 @@ enum IsolationServer {
         #expect(r["error"]?.stringValue?.contains("memory limit of 64 MB exceeded") == true, "\(r.text)")
     }
 
-    @Test(arguments: ["sandbox", "gvisor"])
     func exceedingTheTimeoutEndsTheSandbox(_ backend: String) throws {
-        guard let s = try IsolationServer.server(for: backend) else { return }
+        let s = try IsolationServer.server(for: backend)
         let tag = UUID().uuidString.prefix(8)
         let r = try s.run(JSON.object([("runtime", .string("shell")), ("isolation", .string(backend)),
                                        ("code", .string("echo start; sh -c 'sleep 600' kiln-inner-\(tag) & sleep 600")),
@@ -139,9 +132,8 @@ enum IsolationServer {
         #expect(!ProcessTable.exists(r["id"]!.stringValue!))
     }
 
-    @Test(arguments: ["sandbox", "gvisor"])
     func deleteEndsTheSandbox(_ backend: String) throws {
-        guard let s = try IsolationServer.server(for: backend) else { return }
+        let s = try IsolationServer.server(for: backend)
         let id = try s.submit(JSON.object([("runtime", .string("shell")), ("isolation", .string(backend)),
                                            ("code", .string("echo up; sleep 600"))]).text)
         var up = false
@@ -159,7 +151,26 @@ enum IsolationServer {
 }
 
 /// Escape attempts and robustness of the V8 isolate backend.
-@Suite struct IsolateBackendTests {
+@Suite(.enabled(if: Backends.runnable("sandbox"), "needs the sandbox backend (bubblewrap, as root)"), .timeLimit(.minutes(5)))
+struct SandboxEscapeTests {
+    @Test func escapeAttemptsAreRefused() throws { try EscapeChecks().escapeAttemptsAreRefused("sandbox") }
+    @Test func shellAndNodeRunInside() throws { try EscapeChecks().shellAndNodeRunInside("sandbox") }
+    @Test func exceedingMemoryFailsWithAClearError() throws { try EscapeChecks().exceedingMemoryFailsWithAClearError("sandbox") }
+    @Test func exceedingTheTimeoutEndsTheSandbox() throws { try EscapeChecks().exceedingTheTimeoutEndsTheSandbox("sandbox") }
+    @Test func deleteEndsTheSandbox() throws { try EscapeChecks().deleteEndsTheSandbox("sandbox") }
+}
+
+@Suite(.enabled(if: Backends.runnable("gvisor"), "needs the gvisor backend (runsc, as root)"), .timeLimit(.minutes(5)))
+struct GVisorEscapeTests {
+    @Test func escapeAttemptsAreRefused() throws { try EscapeChecks().escapeAttemptsAreRefused("gvisor") }
+    @Test func shellAndNodeRunInside() throws { try EscapeChecks().shellAndNodeRunInside("gvisor") }
+    @Test func exceedingMemoryFailsWithAClearError() throws { try EscapeChecks().exceedingMemoryFailsWithAClearError("gvisor") }
+    @Test func exceedingTheTimeoutEndsTheSandbox() throws { try EscapeChecks().exceedingTheTimeoutEndsTheSandbox("gvisor") }
+    @Test func deleteEndsTheSandbox() throws { try EscapeChecks().deleteEndsTheSandbox("gvisor") }
+}
+
+@Suite(.enabled(if: Backends.runnable("isolate"), "needs the isolate backend (Node 20)"), .timeLimit(.minutes(5)))
+struct IsolateBackendTests {
     func run(_ s: KilnServer, _ code: String, input: JSON = .null, mem: Int? = nil, timeout: Int? = nil) throws -> JSON {
         var resources: [(String, JSON)] = []
         if let mem { resources.append(("mem_mb", .int(Int64(mem)))) }
@@ -169,7 +180,7 @@ enum IsolationServer {
     }
 
     @Test func defaultExportRunsWithInputAndLogsAsItGoes() throws {
-        guard let s = try IsolationServer.server(for: "isolate") else { return }
+        let s = try IsolationServer.server(for: "isolate")
         let r = try run(s, "export default async (input) => { console.log('one', input.n); console.error('two'); await null; return {sum: input.n + 1} }",
                         input: .object([("n", .int(41))]))
         #expect(r["status"] == .string("completed"))
@@ -196,7 +207,7 @@ enum IsolationServer {
         "import fs from 'node:fs'; export default () => fs.readdirSync('/')",
     ])
     func hostEscapesFail(_ code: String) throws {
-        guard let s = try IsolationServer.server(for: "isolate") else { return }
+        let s = try IsolationServer.server(for: "isolate")
         let r = try run(s, code)
         #expect(r["status"] == .string("failed"), "\(code) → \(r.text)")
         #expect(r["error"]?.stringValue?.isEmpty == false)
@@ -206,7 +217,7 @@ enum IsolationServer {
     }
 
     @Test func anInfiniteLoopIsStoppedAndTheHostKeepsServing() throws {
-        guard let s = try IsolationServer.server(for: "isolate") else { return }
+        let s = try IsolationServer.server(for: "isolate")
         let loop = try s.submit(#"{"runtime": "node", "isolation": "isolate", "code": "export default () => { while (true) {} }", "resources": {"timeout_s": 2}}"#)
         let other = try run(s, "export default () => 'still here'")
         #expect(other["output"] == .string("still here"))
@@ -217,7 +228,7 @@ enum IsolationServer {
     }
 
     @Test func aGigabyteAllocationFailsClearlyAndTheHostSurvives() throws {
-        guard let s = try IsolationServer.server(for: "isolate") else { return }
+        let s = try IsolationServer.server(for: "isolate")
         let r = try run(s, "export default () => { const a = []; for (let i = 0; i < 1e9; i++) a.push({i}); return a.length }", mem: 64)
         #expect(r["status"] == .string("failed"))
         #expect(r["error"]?.stringValue?.contains("memory") == true, "\(r.text)")
@@ -227,7 +238,7 @@ enum IsolationServer {
     }
 
     @Test func outputOver1MiBIsTruncatedAndFlagged() throws {
-        guard let s = try IsolationServer.server(for: "isolate") else { return }
+        let s = try IsolationServer.server(for: "isolate")
         let r = try run(s, "export default () => 'x'.repeat(2 * 1024 * 1024)")
         #expect(r["status"] == .string("completed"))
         #expect(r["output_truncated"] == .bool(true))
@@ -235,7 +246,7 @@ enum IsolationServer {
     }
 
     @Test func killMakesItKilled() throws {
-        guard let s = try IsolationServer.server(for: "isolate") else { return }
+        let s = try IsolationServer.server(for: "isolate")
         let id = try s.submit(#"{"runtime": "node", "isolation": "isolate", "code": "export default async () => { console.log('waiting'); await new Promise(r => setTimeout(r, 60000)) }"}"#)
         try s.waitRunning(id)
         let (status, r) = try s.json("DELETE", "/v1/workloads/\(id)")
@@ -244,7 +255,7 @@ enum IsolationServer {
     }
 
     @Test func twentyConcurrentWorkloadsAllReturn() throws {
-        guard let s = try IsolationServer.server(for: "isolate") else { return }
+        let s = try IsolationServer.server(for: "isolate")
         let bodies = try Curl.parallel(20, ["-X", "POST", "--data-binary",
                                             #"{"runtime": "node", "isolation": "isolate", "code": "export default async (x) => { await new Promise(r => setTimeout(r, 200)); return x * 2 }", "input": 21}"#],
                                        url: s.baseURL + "/v1/workloads")
@@ -297,11 +308,12 @@ final class Listener: @unchecked Sendable {
 }
 
 /// Lifecycles of what the backends keep outside a single workload.
-@Suite struct BackendLifecycleTests {
-    @Test func gVisorLeftoversOfAKilledServerAreSweptAtTheNextStart() throws {
+@Suite(.timeLimit(.minutes(5))) struct BackendLifecycleTests {
+    @Test(.enabled(if: Backends.runnable("gvisor"), "needs the gvisor backend (runsc, as root)"))
+    func gVisorLeftoversOfAKilledServerAreSweptAtTheNextStart() throws {
         let dir = KilnServer.tempDir()
         let first = try KilnServer.start(db: "\(dir)/kiln.db")
-        guard try IsolationServer.available(first, "gvisor") else { return }
+        try IsolationServer.require(first, "gvisor")
         let id = try first.submit(#"{"runtime": "python", "isolation": "gvisor", "code": "import time\nprint('up', flush=True)\ntime.sleep(600)"}"#)
         var up = false
         for _ in 0..<500 where !up {
@@ -319,9 +331,10 @@ final class Listener: @unchecked Sendable {
         #expect(r["error"] == .string("server restarted"))
     }
 
-    @Test func theIsolateHostIsRestartedWhenItDies() throws {
+    @Test(.enabled(if: Backends.runnable("isolate"), "needs the isolate backend (Node 20)"))
+    func theIsolateHostIsRestartedWhenItDies() throws {
         let s = try KilnServer.start()
-        guard try IsolationServer.available(s, "isolate") else { return }
+        try IsolationServer.require(s, "isolate")
         let body = #"{"runtime": "node", "isolation": "isolate", "code": "export default () => 'ok'"}"#
         #expect(try s.run(body)["output"] == .string("ok"))
         // Kill every host process of this server (the supervisor and its executors).

@@ -4,7 +4,7 @@ import KilnCore
 import KilnTestSupport
 
 /// `GET /v1/workloads/{id}/logs` against the real binary: curl -N and a raw-socket reader.
-@Suite struct LogStreamTests {
+@Suite(.timeLimit(.minutes(10))) struct LogStreamTests {
     /// A shell loop printing `line 1` … `line n`, `pause` seconds apart.
     func counting(_ n: Int, pause: String = "0") -> String {
         #"{"runtime": "shell", "code": "i=1; while [ $i -le \#(n) ]; do echo line $i; i=$((i+1)); [ \#(pause) = 0 ] || sleep \#(pause); done"}"#
@@ -73,7 +73,11 @@ import KilnTestSupport
         let s = try KilnServer.start()
         let id = try s.submit(#"{"runtime": "shell", "code": "echo early; sleep 1.5; echo late"}"#)
         // Wait until the early line is stored.
-        while try s.json("GET", "/v1/workloads/\(id)/logs/history").1["lines"]?.arrayValue?.isEmpty != false { usleep(20_000) }
+        let deadline = Date().addingTimeInterval(30)
+        while try s.json("GET", "/v1/workloads/\(id)/logs/history").1["lines"]?.arrayValue?.isEmpty != false {
+            try #require(Date() < deadline, "the first line was not stored within 30 s")
+            usleep(20_000)
+        }
         // The record counts live lines while it runs.
         #expect(try s.json("GET", "/v1/workloads/\(id)").1["log_lines"] == .int(1))
         let c = try SSEClient.first("\(s.baseURL)/v1/workloads/\(id)/logs?tail=0")

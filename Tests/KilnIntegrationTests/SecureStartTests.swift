@@ -5,7 +5,7 @@ import KilnTestSupport
 
 /// Safe start (no token, no network), `KILN_*_FILE` secrets, and what the server's own
 /// output never contains.
-@Suite struct SecureStartTests {
+@Suite(.timeLimit(.minutes(10))) struct SecureStartTests {
     /// Runs `kiln serve` with `env` (no other KILN_ variable) until it prints its listening
     /// line or exits; returns (exit status or nil while running, stdout, stderr).
     func serve(_ args: [String], env: [String: String] = [:]) throws -> (Int32?, String, String) {
@@ -17,8 +17,8 @@ import KilnTestSupport
         for (k, v) in env { environment[k] = v }
         p.environment = environment
         let out = "\(dir)/out", err = "\(dir)/err"
-        FileManager.default.createFile(atPath: out, contents: nil)
-        FileManager.default.createFile(atPath: err, contents: nil)
+        _ = FileManager.default.createFile(atPath: out, contents: nil)
+        _ = FileManager.default.createFile(atPath: err, contents: nil)
         p.standardOutput = FileHandle(forWritingAtPath: out)
         p.standardError = FileHandle(forWritingAtPath: err)
         try p.run()

@@ -3,7 +3,7 @@ import Testing
 import KilnCore
 @testable import KilnStore
 
-@Suite struct StoreTests {
+@Suite(.timeLimit(.minutes(10))) struct StoreTests {
     let ids = ULIDGenerator()
 
     func record(_ status: WorkloadStatus = .pending, runtime: Runtime = .shell) -> WorkloadRecord {

@@ -2,7 +2,7 @@ import Testing
 @testable import KilnSystem
 
 /// The framing rules Kiln adds to libmicrohttpd's parser (request smuggling, RFC 9112).
-@Suite struct RequestFramingTests {
+@Suite(.timeLimit(.minutes(10))) struct RequestFramingTests {
     func problem(_ headers: [(String, String)], version: String = "HTTP/1.1", folded: Bool = false) -> String? {
         RequestFraming.problem(version: version, headers: headers.map { (name: $0.0, value: $0.1) }, folded: folded)
     }

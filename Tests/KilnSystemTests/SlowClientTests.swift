@@ -4,7 +4,7 @@ import KilnTestSupport
 @testable import KilnSystem
 
 /// Slow clients (slowloris) against an in-process server with a 1 s request deadline.
-@Suite struct SlowClientTests {
+@Suite(.timeLimit(.minutes(10))) struct SlowClientTests {
     struct Echo: HTTPResponder {
         func respond(to request: HTTPRequest) -> HTTPResult {
             .now(HTTPResponse(status: 200, body: .bytes(Array("\(request.method) \(request.path) \(request.body.count)".utf8))))
