@@ -41,6 +41,10 @@ public final class KilnAPI: HTTPResponder, @unchecked Sendable {
 
     /// From now on new submissions get 503.
     public func beginShutdown() { shuttingDownFlag.set() }
+    /// The SSE frame of a text stream's line: the broker encodes each line once with it.
+    public static func textFrame(_ line: LogLine) -> [UInt8] { LogStreamSource.textFrame(line) }
+    /// Log streams still open (shutdown waits for them to write their end).
+    public var openStreams: Int { subscribers.value }
     var isShuttingDown: Bool { shuttingDownFlag.isSet }
 
     /// Every route says who may call it; `dispatch` checks that before any handler runs.

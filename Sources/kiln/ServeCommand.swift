@@ -54,7 +54,19 @@ struct ServeCommand: ParsableCommand {
         } catch {
             Self.fail("\(error)")
         }
-        dispatchMain()
+        // SIGTERM and SIGINT: a graceful stop, then exit 0.
+        var sources: [DispatchSourceSignal] = []
+        for sig in [SIGTERM, SIGINT] {
+            signal(sig, SIG_IGN)
+            let source = DispatchSource.makeSignalSource(signal: sig, queue: DispatchQueue(label: "kiln.signals"))
+            source.setEventHandler {
+                runner.stop(reason: sig == SIGTERM ? "SIGTERM" : "SIGINT")
+                Foundation.exit(0)
+            }
+            source.resume()
+            sources.append(source)
+        }
+        withExtendedLifetime(sources) { dispatchMain() }
     }
 
     static func fail(_ message: String) -> Never {

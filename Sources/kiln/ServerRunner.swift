@@ -1,13 +1,16 @@
 import Foundation
+import KilnAPI
 import KilnCore
 import KilnEngine
 import KilnStore
 import KilnSystem
 import Logging
 
-/// Starts every part of `kiln serve` and stops it gracefully on SIGTERM or SIGINT.
-public final class ServerRunner: @unchecked Sendable {
-    public static let version = "0.1.0"
+/// The composition root of `kiln serve`: builds the store, broker, backends, engine, API
+/// and HTTP daemon, and takes them down in order. Signals and the process exit belong to
+/// `ServeCommand`.
+final class ServerRunner: @unchecked Sendable {
+    static let version = "0.1.0"
     let config: ServerConfig
     let logger: Logger
     let metricsText: @Sendable () -> [UInt8]
@@ -15,24 +18,23 @@ public final class ServerRunner: @unchecked Sendable {
     private var server: HTTPServer?
     private var engine: Engine?
     private var api: KilnAPI?
-    private var signalSources: [DispatchSourceSignal] = []
     private var workRoot: String?
     private let stopLock = NSLock()
     private var stopping = false
 
-    public init(config: ServerConfig, logger: Logger, metricsText: @escaping @Sendable () -> [UInt8]) {
+    init(config: ServerConfig, logger: Logger, metricsText: @escaping @Sendable () -> [UInt8]) {
         self.config = config
         self.logger = logger
         self.metricsText = metricsText
     }
 
     /// Starts the server; throws with a message meant for the operator.
-    public func start() throws {
+    func start() throws {
         SystemLimits.ignoreSIGPIPE()
         let files = SystemLimits.raiseOpenFileLimit()
         let store = try Store(path: config.db)
         let broker = LogBroker(history: { id, after, limit in (try? store.lines(id, after: after, limit: limit)) ?? [] },
-                               frame: LogStreamSource.textFrame)
+                               frame: KilnAPI.textFrame)
         // State and work folders live beside the database, so a restarted server finds and
         // removes what a killed one left; an in-memory database gets a fresh folder with an
         // unguessable name (a predictable path in /tmp could be prepared by another user).
@@ -72,13 +74,6 @@ public final class ServerRunner: @unchecked Sendable {
             startLines += notice + "\n"
         }
         try? out.write(contentsOf: Data(startLines.utf8))
-        for sig in [SIGTERM, SIGINT] {
-            signal(sig, SIG_IGN)
-            let source = DispatchSource.makeSignalSource(signal: sig, queue: DispatchQueue(label: "kiln.signals"))
-            source.setEventHandler { [self] in stop(reason: sig == SIGTERM ? "SIGTERM" : "SIGINT") }
-            source.resume()
-            signalSources.append(source)
-        }
     }
 
     /// What the start line adds when no allowed backend isolates python and shell code
@@ -100,8 +95,9 @@ public final class ServerRunner: @unchecked Sendable {
     }
 
     /// Graceful stop: refuse new work, end running workloads (`server shutdown`), store
-    /// every line, send every open stream its `end`, then stop the daemon and exit 0.
-    public func stop(reason: String) {
+    /// every line, send every open stream its `end`, then stop the daemon. Returns once
+    /// everything is down (a second call returns at once).
+    func stop(reason: String) {
         stopLock.lock()
         if stopping { stopLock.unlock(); return }
         stopping = true
@@ -116,10 +112,9 @@ public final class ServerRunner: @unchecked Sendable {
         }
         // Let open streams write their end events before the daemon goes.
         let deadline = Date().addingTimeInterval(1.5)
-        while (api?.subscribers.value ?? 0) > 0 && Date() < deadline { usleep(20_000) }
+        while (api?.openStreams ?? 0) > 0 && Date() < deadline { usleep(20_000) }
         server?.stop()
         if let workRoot { try? FileManager.default.removeItem(atPath: workRoot) }
         logger.notice("stopped")
-        exit(0)
     }
 }
