@@ -10,7 +10,7 @@ import Metrics
 public final class KilnAPI: HTTPResponder, @unchecked Sendable {
     public let config: ServerConfig
     let engine: Engine
-    let store: Store
+    let store: any WorkloadStore
     let logger: Logger
     let version: String
     let startedAt = Date()

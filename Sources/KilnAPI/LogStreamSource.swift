@@ -16,7 +16,7 @@ final class LogStreamSource: HTTPStreamSource, @unchecked Sendable {
     static let readBudget = 256 * 1024
 
     let id: String
-    let store: Store
+    let store: any WorkloadStore
     let broker: LogBroker
     let format: Format
     let hub: HeartbeatHub
@@ -34,7 +34,7 @@ final class LogStreamSource: HTTPStreamSource, @unchecked Sendable {
     private var heartbeatDue = false
     private var closed = false
 
-    init(id: String, after: Int64, store: Store, broker: LogBroker, subscription: LogSubscription?,
+    init(id: String, after: Int64, store: any WorkloadStore, broker: LogBroker, subscription: LogSubscription?,
          format: Format, hub: HeartbeatHub, counter: SubscriberCount, tenant: String) {
         self.id = id
         self.tenant = tenant

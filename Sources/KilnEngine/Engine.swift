@@ -69,7 +69,7 @@ public enum EngineError: Error, Equatable {
 public final class Engine: @unchecked Sendable {
     public typealias Completion = @Sendable (WorkloadRecord) -> Void
 
-    public let store: Store
+    public let store: any WorkloadStore
     public let broker: LogBroker
     let config: EngineConfig
     let logger: Logger
@@ -94,7 +94,7 @@ public final class Engine: @unchecked Sendable {
     private var shuttingDown = false
     private let idle = NSCondition()
 
-    public init(store: Store, broker: LogBroker, backends: [any Backend], config: EngineConfig, logger: Logger) {
+    public init(store: any WorkloadStore, broker: LogBroker, backends: [any Backend], config: EngineConfig, logger: Logger) {
         self.store = store
         self.broker = broker
         self.backendList = backends

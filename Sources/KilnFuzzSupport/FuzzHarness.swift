@@ -58,7 +58,7 @@ public final class FuzzHarness: @unchecked Sendable {
     public private(set) var lastAnswer = ""
 
     public init() {
-        let store = try! Store(path: ":memory:")
+        let store = try! SQLiteStore(path: ":memory:")
         let broker = LogBroker(history: { id, after, limit in (try? store.lines(id, after: after, limit: limit)) ?? [] })
         let quiet = Logger(label: "kiln-fuzz", factory: { _ in SwiftLogNoOpLogHandler() })
         engine = Engine(store: store, broker: broker, backends: [],
@@ -93,7 +93,7 @@ public final class FuzzHarness: @unchecked Sendable {
         return path
     }
 
-    static func seed(store: Store, broker: LogBroker) {
+    static func seed(store: any WorkloadStore, broker: LogBroker) {
         let r = Resources(cpus: 1, memMB: 256, timeoutS: 30)
         let t: Int64 = 1_780_000_000_000
         func lines(_ n: Int) -> [LogLine] {

@@ -32,7 +32,7 @@ final class ServerRunner: @unchecked Sendable {
     func start() throws {
         SystemLimits.ignoreSIGPIPE()
         let files = SystemLimits.raiseOpenFileLimit()
-        let store = try Store(path: config.db)
+        let store = try SQLiteStore(path: config.db)
         let broker = LogBroker(history: { id, after, limit in (try? store.lines(id, after: after, limit: limit)) ?? [] },
                                frame: KilnAPI.textFrame)
         // State and work folders live beside the database, so a restarted server finds and

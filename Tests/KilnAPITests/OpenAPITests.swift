@@ -9,7 +9,7 @@ import KilnTestSupport
 /// docs/openapi.yaml validates, and documents exactly the routes the server registers.
 @Suite(.timeLimit(.minutes(10))) struct OpenAPITests {
     @Test func theDocumentValidatesAndMatchesTheRouter() throws {
-        let store = try Store(path: ":memory:")
+        let store = try SQLiteStore(path: ":memory:")
         let engine = Engine(store: store, broker: LogBroker(), backends: [],
                             config: EngineConfig(maxConcurrent: 1, queueLimit: 1, workRoot: NSTemporaryDirectory() + "kiln-openapi"),
                             logger: Logger(label: "test"))

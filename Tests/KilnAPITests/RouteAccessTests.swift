@@ -9,7 +9,7 @@ import KilnTestSupport
 /// Every route states who may call it, and only `/healthz` and `/metrics` are open.
 @Suite(.timeLimit(.minutes(10))) struct RouteAccessTests {
     @Test func everyRouteHasTheAccessRuleTheAccessTestsExpect() throws {
-        let store = try Store(path: ":memory:")
+        let store = try SQLiteStore(path: ":memory:")
         let engine = Engine(store: store, broker: LogBroker(), backends: [],
                             config: EngineConfig(maxConcurrent: 1, queueLimit: 1, workRoot: NSTemporaryDirectory() + "kiln-access"),
                             logger: Logger(label: "test"))

@@ -9,12 +9,12 @@ import KilnTestSupport
 
 /// The engine with the real process backend and a real (in-memory) SQLite store.
 final class EngineHarness: @unchecked Sendable {
-    let store: Store
+    let store: SQLiteStore
     let broker: LogBroker
     let engine: Engine
 
     init(maxConcurrent: Int = 4, queueLimit: Int = 100) throws {
-        let store = try Store(path: ":memory:")
+        let store = try SQLiteStore(path: ":memory:")
         self.store = store
         broker = LogBroker(history: { id, after, limit in (try? store.lines(id, after: after, limit: limit)) ?? [] })
         let root = NSTemporaryDirectory() + "kiln-engine-test-\(UUID().uuidString.prefix(8))"

@@ -20,7 +20,7 @@ import KilnStore
             case .auto: break
             }
         }
-        let store = try Store(path: ":memory:")
+        let store = try SQLiteStore(path: ":memory:")
         return Engine(store: store, broker: LogBroker(), backends: backends,
                       config: EngineConfig(maxConcurrent: 2, queueLimit: 10, workRoot: root + "/work", allowedIsolation: allowed),
                       logger: logger)

@@ -16,7 +16,7 @@ import KilnCore
     }
 
     /// Puts a record in `status` by allowed moves from pending.
-    func make(_ store: Store, _ status: WorkloadStatus) throws -> String {
+    func make(_ store: SQLiteStore, _ status: WorkloadStatus) throws -> String {
         let r = record()
         try store.insert(r)
         switch status {
@@ -30,7 +30,7 @@ import KilnCore
     }
 
     @Test func everyTransitionIsAllowedOrRefusedAsTheStateMachineSays() throws {
-        let store = try Store(path: ":memory:")
+        let store = try SQLiteStore(path: ":memory:")
         for from in WorkloadStatus.allCases {
             for to in WorkloadStatus.allCases {
                 let id = try make(store, from)
@@ -50,7 +50,7 @@ import KilnCore
 
     @Test func createsTheFolderAndUsesWAL() throws {
         let p = path()
-        let store = try Store(path: p)
+        let store = try SQLiteStore(path: p)
         try store.insert(record())
         #expect(FileManager.default.fileExists(atPath: p))
         #expect(FileManager.default.fileExists(atPath: p + "-wal"))
@@ -60,10 +60,10 @@ import KilnCore
         let p = path()
         let id: String
         do {
-            let store = try Store(path: p)
+            let store = try SQLiteStore(path: p)
             id = try make(store, .running)
         }
-        let again = try Store(path: p)
+        let again = try SQLiteStore(path: p)
         #expect(try again.get(id)?.status == .running)
     }
 
@@ -73,7 +73,7 @@ import KilnCore
         let p = path()
         let id: String
         do {
-            let old = try Store(path: p, migrateUpTo: "v1-log-lines")
+            let old = try SQLiteStore(path: p, migrateUpTo: "v1-log-lines")
             id = ULIDGenerator().next()
             // A row as the first schema stored it (the current insert names later columns).
             try old.executeForTesting("""
@@ -82,7 +82,7 @@ import KilnCore
                 """)
             try old.appendLines(id, (1...300).map { LogLine(seq: Int64($0), stream: $0 % 2 == 0 ? .stderr : .stdout, ts: Int64($0), line: "line \($0)") })
         }
-        let store = try Store(path: p)
+        let store = try SQLiteStore(path: p)
         let lines = try store.lines(id, after: 0, limit: 1000)
         #expect(lines.map(\.seq) == (1...300).map { Int64($0) })
         #expect(lines[1] == LogLine(seq: 2, stream: .stderr, ts: 2, line: "line 2"))
@@ -96,7 +96,7 @@ import KilnCore
     }
 
     @Test func tenantsScopeListsAndStats() throws {
-        let store = try Store(path: ":memory:")
+        let store = try SQLiteStore(path: ":memory:")
         var a = record()
         a.tenant = "team-a"
         try store.insert(a)
@@ -116,7 +116,7 @@ import KilnCore
     }
 
     @Test func transitionAppliesTheChange() throws {
-        let store = try Store(path: ":memory:")
+        let store = try SQLiteStore(path: ":memory:")
         let id = try make(store, .running)
         let r = try store.transition(id, to: .completed) { r in
             r.exitCode = 0
@@ -130,13 +130,13 @@ import KilnCore
     }
 
     @Test func unknownIdIsNotFound() throws {
-        let store = try Store(path: ":memory:")
+        let store = try SQLiteStore(path: ":memory:")
         #expect(throws: StoreError.notFound("nope")) { try store.transition("nope", to: .running) }
         #expect(try store.get("nope") == nil)
     }
 
     @Test func linesAreStoredInBatchesAndReadInPages() throws {
-        let store = try Store(path: ":memory:")
+        let store = try SQLiteStore(path: ":memory:")
         let id = try make(store, .running)
         let lines = (1...2500).map { LogLine(seq: Int64($0), stream: $0 % 2 == 0 ? .stderr : .stdout, ts: 1, line: "l\($0)") }
         try store.appendLines(id, Array(lines[0..<1000]))
@@ -149,14 +149,14 @@ import KilnCore
     }
 
     @Test func duplicateSeqIsRefused() throws {
-        let store = try Store(path: ":memory:")
+        let store = try SQLiteStore(path: ":memory:")
         let id = try make(store, .running)
         try store.appendLines(id, [LogLine(seq: 1, stream: .stdout, ts: 1, line: "a")])
         #expect(throws: (any Error).self) { try store.appendLines(id, [LogLine(seq: 1, stream: .stdout, ts: 1, line: "b")]) }
     }
 
     @Test func listIsNewestFirstWithCursorAndFilters() throws {
-        let store = try Store(path: ":memory:")
+        let store = try SQLiteStore(path: ":memory:")
         var made: [String] = []
         for i in 0..<7 {
             let r = record(runtime: i % 2 == 0 ? .python : .shell)
@@ -178,7 +178,7 @@ import KilnCore
     }
 
     @Test func failUnfinishedMarksPendingAndRunningOnly() throws {
-        let store = try Store(path: ":memory:")
+        let store = try SQLiteStore(path: ":memory:")
         let p = try make(store, .pending)
         let r = try make(store, .running)
         try store.appendLines(r, [LogLine(seq: 1, stream: .stdout, ts: 1, line: "x")])
@@ -192,7 +192,7 @@ import KilnCore
     }
 
     @Test func statsCountStatusesAndPercentiles() throws {
-        let store = try Store(path: ":memory:")
+        let store = try SQLiteStore(path: ":memory:")
         for ms in [10, 20, 30, 40, 100] {
             let id = try make(store, .running)
             try store.transition(id, to: .completed) { r in

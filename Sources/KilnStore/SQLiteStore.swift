@@ -2,52 +2,9 @@ import Foundation
 internal import GRDB
 import KilnCore
 
-public enum StoreError: Error, Equatable, CustomStringConvertible {
-    case notFound(String)
-    case invalidTransition(id: String, from: WorkloadStatus, to: WorkloadStatus)
-    case cannotOpen(String)
-
-    public var description: String {
-        switch self {
-        case .notFound(let id): return "workload \(id) not found"
-        case let .invalidTransition(id, from, to): return "workload \(id) cannot move from \(from.rawValue) to \(to.rawValue)"
-        case .cannotOpen(let why): return why
-        }
-    }
-}
-
-public struct WorkloadFilter: Sendable {
-    public var status: WorkloadStatus?
-    public var isolationUsed: Isolation?
-    public var runtime: Runtime?
-    /// Only this tenant's workloads (nil: every tenant).
-    public var tenant: String?
-
-    public init(status: WorkloadStatus? = nil, isolationUsed: Isolation? = nil, runtime: Runtime? = nil, tenant: String? = nil) {
-        self.status = status
-        self.isolationUsed = isolationUsed
-        self.runtime = runtime
-        self.tenant = tenant
-    }
-}
-
-public struct BackendStats: Sendable, Equatable {
-    public var count: Int
-    public var avgMs: Double
-    public var p50Ms: Int64
-    public var p95Ms: Int64
-}
-
-public struct StoreStats: Sendable {
-    public var byStatus: [WorkloadStatus: Int]
-    public var total: Int
-    public var backends: [String: BackendStats]
-    public var logLinesTotal: Int64
-}
-
 /// Kiln's state in SQLite through GRDB: WAL mode, named migrations, and the workload
 /// state machine enforced on every status change.
-public final class Store: Sendable {
+public final class SQLiteStore: WorkloadStore {
     private let db: any DatabaseWriter
 
     /// Opens (creating the file and its folder) the database at `path`; `:memory:` keeps it in memory.
@@ -71,9 +28,9 @@ public final class Store: Sendable {
                 db = try DatabasePool(path: path, configuration: config)
             }
             if let migrateUpTo {
-                try Store.migrator.migrate(db, upTo: migrateUpTo)
+                try SQLiteStore.migrator.migrate(db, upTo: migrateUpTo)
             } else {
-                try Store.migrator.migrate(db)
+                try SQLiteStore.migrator.migrate(db)
             }
         } catch {
             throw StoreError.cannotOpen("cannot open database \(path): \(error)")
@@ -162,7 +119,7 @@ public final class Store: Sendable {
                     output_truncated, error, cpus, mem_mb, timeout_s, log_lines, duration_ms, created_at,
                     started_at, finished_at, tenant)
                 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
-                """, arguments: Store.arguments(r))
+                """, arguments: SQLiteStore.arguments(r))
         }
     }
 
@@ -170,9 +127,9 @@ public final class Store: Sendable {
     /// allows it; the check and the write are one transaction.
     @discardableResult
     public func transition(_ id: String, to status: WorkloadStatus,
-                           _ change: @Sendable (inout WorkloadRecord) -> Void = { _ in }) throws -> WorkloadRecord {
+                           _ change: @Sendable (inout WorkloadRecord) -> Void) throws -> WorkloadRecord {
         try db.write { db in
-            guard var r = try Store.fetch(db, id) else { throw StoreError.notFound(id) }
+            guard var r = try SQLiteStore.fetch(db, id) else { throw StoreError.notFound(id) }
             guard r.status.canMove(to: status) else {
                 throw StoreError.invalidTransition(id: id, from: r.status, to: status)
             }
@@ -183,13 +140,13 @@ public final class Store: Sendable {
                     output = ?, output_truncated = ?, error = ?, cpus = ?, mem_mb = ?, timeout_s = ?,
                     log_lines = ?, duration_ms = ?, created_at = ?, started_at = ?, finished_at = ?, tenant = ?
                 WHERE id = ?
-                """, arguments: StatementArguments(Array(Store.values(r).dropFirst())) + [id])
+                """, arguments: StatementArguments(Array(SQLiteStore.values(r).dropFirst())) + [id])
             return r
         }
     }
 
     public func get(_ id: String) throws -> WorkloadRecord? {
-        try db.read { db in try Store.fetch(db, id) }
+        try db.read { db in try SQLiteStore.fetch(db, id) }
     }
 
     /// Newest first. The cursor is the id of the last record of the previous page.
@@ -206,7 +163,7 @@ public final class Store: Sendable {
         let rows = try db.read { db in
             try Row.fetchAll(db, sql: "SELECT * FROM workloads \(whereSQL) ORDER BY id DESC LIMIT ?", arguments: StatementArguments(args))
         }
-        var records = rows.map(Store.record)
+        var records = rows.map(SQLiteStore.record)
         var next: String? = nil
         if records.count > limit {
             records.removeLast()
@@ -216,7 +173,7 @@ public final class Store: Sendable {
     }
 
     /// Marks every `pending` or `running` workload `failed` with `error`; returns their ids.
-    public func failUnfinished(error: String, at now: Int64 = Millis.now()) throws -> [String] {
+    public func failUnfinished(error: String, at now: Int64) throws -> [String] {
         try db.write { db in
             let ids = try String.fetchAll(db, sql: "SELECT id FROM workloads WHERE status IN ('pending', 'running')")
             try db.execute(sql: """
@@ -269,7 +226,7 @@ public final class Store: Sendable {
     // MARK: Stats
 
     /// Counts and durations, of one tenant's workloads or (nil) of all.
-    public func stats(tenant: String? = nil) throws -> StoreStats {
+    public func stats(tenant: String?) throws -> StoreStats {
         // `tenant IS NULL` is never true of a row: with no tenant, `? IS NULL` keeps every row.
         let scope = "(? IS NULL OR tenant = ?)"
         let scopeArgs: StatementArguments = [tenant, tenant]
