@@ -5,8 +5,14 @@ import KilnStore
 import KilnSystem
 import Logging
 import Metrics
+import Synchronization
 
-/// The HTTP API of Kiln: routing, auth, CORS, the workload endpoints, the access log.
+/// The HTTP API of Kiln: the route table, the middleware chain (CORS, errors, auth), the
+/// workload endpoints and the access log.
+///
+/// `@unchecked Sendable`: `router` and `chain` are written once, in `init` (their closures
+/// need `self`), before the daemon can call in; every other field is a `let` of a
+/// `Sendable` type.
 public final class KilnAPI: HTTPResponder, @unchecked Sendable {
     public let config: ServerConfig
     let engine: Engine
@@ -17,10 +23,11 @@ public final class KilnAPI: HTTPResponder, @unchecked Sendable {
     let metricsText: @Sendable () -> [UInt8]
     let accessLog: @Sendable (String) -> Void
     private(set) var router = Router()
+    // Built once in init, read-only after.
+    private var chain: Responder = { _, _ in .now(HTTPResponse(status: 503)) }
     let subscribers = SubscriberCount()
     let heartbeats: HeartbeatHub
-    // Set once before serving; read-only after.
-    private var shuttingDownFlag = ShutdownFlag()
+    private let shuttingDownFlag = Atomic<Bool>(false)
 
     public init(config: ServerConfig, engine: Engine, logger: Logger, version: String,
                 metricsText: @escaping @Sendable () -> [UInt8], accessLog: @escaping @Sendable (String) -> Void) {
@@ -33,6 +40,7 @@ public final class KilnAPI: HTTPResponder, @unchecked Sendable {
         self.accessLog = accessLog
         self.heartbeats = HeartbeatHub(intervalSeconds: config.heartbeatS)
         router = makeRouter()
+        chain = makeChain()
     }
 
     public var routeTable: [(method: String, template: String)] { router.table }
@@ -40,65 +48,74 @@ public final class KilnAPI: HTTPResponder, @unchecked Sendable {
     static let historyBudget = 4 << 20
 
     /// From now on new submissions get 503.
-    public func beginShutdown() { shuttingDownFlag.set() }
+    public func beginShutdown() { shuttingDownFlag.store(true, ordering: .releasing) }
     /// The SSE frame of a text stream's line: the broker encodes each line once with it.
     public static func textFrame(_ line: LogLine) -> [UInt8] { LogStreamSource.textFrame(line) }
     /// Log streams still open (shutdown waits for them to write their end).
     public var openStreams: Int { subscribers.value }
-    var isShuttingDown: Bool { shuttingDownFlag.isSet }
+    var isShuttingDown: Bool { shuttingDownFlag.load(ordering: .acquiring) }
 
-    /// Every route says who may call it; `dispatch` checks that before any handler runs.
+    /// Every route says who may call it; `AuthMiddleware` checks that before any handler runs.
     private func makeRouter() -> Router {
         var r = Router()
         r.add("GET", "/healthz", .open) { [unowned self] req, _ in .now(healthz(req)) }
         r.add("GET", "/metrics", .open) { [unowned self] _, _ in
             .now(HTTPResponse(status: 200, headers: [("Content-Type", "text/plain; version=0.0.4; charset=utf-8")], body: .bytes(metricsText())))
         }
-        r.add("POST", "/v1/workloads", .submit) { [unowned self] req, c in submit(req, c.caller, sync: true) }
-        r.add("GET", "/v1/workloads", .read) { [unowned self] req, c in .now(result { try list(req, c.caller) }) }
-        r.add("POST", "/v1/workloads/async", .submit) { [unowned self] req, c in submit(req, c.caller, sync: false) }
-        r.add("GET", "/v1/workloads/{id}", .read) { [unowned self] _, c in .now(result { try get(c.parameters["id"]!, c.caller) }) }
-        r.add("DELETE", "/v1/workloads/{id}", .kill) { [unowned self] _, c in kill(c.parameters["id"]!, c.caller) }
+        r.add("POST", "/v1/workloads", .submit) { [unowned self] req, c in try submit(req, c.caller, sync: true) }
+        r.add("GET", "/v1/workloads", .read) { [unowned self] req, c in .now(try list(req, c.caller)) }
+        r.add("POST", "/v1/workloads/async", .submit) { [unowned self] req, c in try submit(req, c.caller, sync: false) }
+        r.add("GET", "/v1/workloads/{id}", .read) { [unowned self] _, c in .now(try get(c.parameters["id"]!, c.caller)) }
+        r.add("DELETE", "/v1/workloads/{id}", .kill) { [unowned self] _, c in try kill(c.parameters["id"]!, c.caller) }
         r.add("GET", "/v1/workloads/{id}/logs", .readStream) { [unowned self] req, c in
-            .now(result { try streamLogs(req, id: c.parameters["id"]!, caller: c.caller) })
+            .now(try streamLogs(req, id: c.parameters["id"]!, caller: c.caller))
         }
         r.add("GET", "/v1/workloads/{id}/logs/history", .read) { [unowned self] req, c in
-            .now(result { try history(req, id: c.parameters["id"]!, caller: c.caller) })
+            .now(try history(req, id: c.parameters["id"]!, caller: c.caller))
         }
         r.add("GET", "/v1/backends", .read) { [unowned self] _, c in .now(backends(c.caller)) }
-        r.add("GET", "/v1/stats", .read) { [unowned self] _, c in .now(result { try stats(c.caller) }) }
+        r.add("GET", "/v1/stats", .read) { [unowned self] _, c in .now(try stats(c.caller)) }
         return r
     }
 
-    private func result(_ body: () throws -> HTTPResponse) -> HTTPResponse {
-        do {
-            return try body()
-        } catch let e as APIError {
-            return e.response
-        } catch {
-            logger.error("internal error: \(error)")
-            return APIError(500, "internal", "internal error: \(error)").response
-        }
+    /// The middleware chain, outermost first, around `route`.
+    private func makeChain() -> Responder {
+        let middleware: [any Middleware] = [
+            CORSMiddleware(origins: config.corsOrigins),
+            ErrorMiddleware(processIsOffButAvailable: { [unowned self] in
+                !config.isolation.contains(.process) && engine.capability(.process)?.available == true
+            }),
+            AuthMiddleware(tokens: config.tokens),
+        ]
+        return middleware.chain { [unowned self] request, context in try route(request, context) }
     }
 
     // MARK: HTTPResponder
 
+    /// The route is matched here, once; the chain and the access log read it from the context.
     public func respond(to request: HTTPRequest) -> HTTPResult {
-        let origin = request.header("origin")
-        let outcome = dispatch(request)
-        guard let cors = corsHeaders(origin: origin) else { return outcome }
-        switch outcome {
-        case .now(var response):
-            response.headers.append(contentsOf: cors)
-            return .now(response)
-        case .later(let promise):
-            return .later(CORSPromise.wrap(promise, headers: cors))
+        let match = request.refusal == nil ? router.match(method: request.method, target: request.target) : .notFound
+        var route: Router.Route? = nil
+        var parameters = Parameters()
+        if case .found(let r, let p) = match {
+            route = r
+            parameters = p
+        }
+        var requestLogger = logger
+        requestLogger[metadataKey: "request_id"] = "\(request.requestID)"
+        let context = RequestContext(requestID: request.requestID, logger: requestLogger, route: route, match: match,
+                                     parameters: parameters)
+        do {
+            return try chain(request, context)
+        } catch {
+            // ErrorMiddleware renders everything thrown past it; nothing should come here.
+            return .now(APIError(500, "internal", "internal error: \(error)").response)
         }
     }
 
-    /// The one path from a request to a handler: target form, CORS preflight, route,
-    /// then the route's access check, and only then its handler.
-    private func dispatch(_ request: HTTPRequest) -> HTTPResult {
+    /// The innermost step: refusals, the target's form, then the matched route's handler.
+    private func route(_ request: HTTPRequest, _ context: RequestContext) throws -> HTTPResult {
+        if let refusal = request.refusal { throw APIError(refusal) }
         switch request.target.form {
         case .origin, .absolute:
             break
@@ -106,65 +123,23 @@ public final class KilnAPI: HTTPResponder, @unchecked Sendable {
             // `OPTIONS *` asks about the server as a whole (RFC 9110 section 9.3.7).
             return .now(HTTPResponse(status: 204, headers: [("Allow", "GET, HEAD, POST, DELETE, OPTIONS")]))
         case .invalid:
-            return .now(APIError(400, "bad_request", "the request target is not valid").response)
+            throw APIError(400, "bad_request", "the request target is not valid")
         }
-        if request.method == "OPTIONS", config.corsOrigins != nil, request.header("access-control-request-method") != nil {
-            return .now(HTTPResponse(status: 204, headers: [
-                ("Access-Control-Allow-Methods", "GET, POST, DELETE, OPTIONS"),
-                ("Access-Control-Allow-Headers", "Authorization, Content-Type, Last-Event-ID"),
-                ("Access-Control-Max-Age", "600"),
-            ]))
-        }
-        let match = router.match(method: request.method, target: request.target)
-        if case .found(let route, let params) = match {
-            switch authorize(request, route.access) {
-            case .failure(let e): return .now(e.response)
-            case .success(let caller): return route.handler(request, RouteContext(parameters: params, caller: caller))
-            }
-        }
-        // No handler: an unauthenticated caller learns nothing about the API's routes.
-        if request.target.segments.first == "v1", case .failure(let e) = authenticate(request, queryToken: false) {
-            return .now(e.response)
-        }
-        switch match {
+        switch context.match {
+        case .found(let route, _):
+            return try route.handler(request, context)
         case .methodNotAllowed(let allowed, _):
             let allow = (allowed + (allowed.contains("GET") ? ["HEAD"] : [])).joined(separator: ", ")
-            return .now(APIError(405, "method_not_allowed", "\(request.method) is not allowed on \(request.path); allowed: \(allow)",
-                                 headers: [("Allow", allow)]).response)
-        case .notFound, .found:
-            return .now(APIError(404, "not_found", "no route for \(request.path)").response)
+            throw APIError(405, "method_not_allowed", "\(request.method) is not allowed on \(request.path); allowed: \(allow)",
+                           headers: [("Allow", allow)])
+        case .notFound:
+            throw APIError(404, "not_found", "no route for \(request.path)")
         }
     }
 
-    public func bodyTooLarge(_ request: HTTPRequest, limit: Int) -> HTTPResponse {
-        var r = APIError(413, "body_too_large", "request body is larger than \(limit) bytes").response
-        if let cors = corsHeaders(origin: request.header("origin")) { r.headers.append(contentsOf: cors) }
-        r.headers.append(("Connection", "close"))
-        return r
-    }
-
-    public func headTooLarge(_ request: HTTPRequest, limit: Int) -> HTTPResponse {
-        var r = APIError(431, "headers_too_large", "the request line and headers are larger than \(limit) bytes").response
-        if let cors = corsHeaders(origin: request.header("origin")) { r.headers.append(contentsOf: cors) }
-        r.headers.append(("Connection", "close"))
-        return r
-    }
-
-    public func badRequest(_ request: HTTPRequest, reason: String) -> HTTPResponse {
-        var r = APIError(400, "bad_request", reason).response
-        if let cors = corsHeaders(origin: request.header("origin")) { r.headers.append(contentsOf: cors) }
-        r.headers.append(("Connection", "close"))
-        return r
-    }
-
-    public func completed(_ request: HTTPRequest, status: Int, durationNanos: UInt64) {
+    public func completed(_ request: HTTPRequest, status: Int, route: String?, durationNanos: UInt64) {
         let ms = Double(durationNanos) / 1_000_000
-        let template: String
-        switch router.match(method: request.method, target: request.target) {
-        case .found(let route, _): template = route.template
-        case .methodNotAllowed(_, let t): template = t
-        case .notFound: template = "unmatched"
-        }
+        let template = route ?? "unmatched"
         let line = JSON.object([
             ("time", .string(Millis.rfc3339(Millis.now()))),
             ("request_id", .string(request.requestID)),
@@ -179,46 +154,6 @@ public final class KilnAPI: HTTPResponder, @unchecked Sendable {
         Metrics.Timer(label: "kiln_http_request_duration_seconds", dimensions: [("route", template)]).recordNanoseconds(Int64(durationNanos))
     }
 
-    // MARK: Auth and CORS
-
-    /// The route's access rule against the request's token: 401 without a valid token,
-    /// 403 when the token's role may not take the route's action.
-    private func authorize(_ request: HTTPRequest, _ access: RouteAccess) -> Result<Caller, APIError> {
-        guard let permission = access.permission else { return .success(.public) }
-        return authenticate(request, queryToken: access.queryToken).flatMap { caller in
-            guard caller.role.allows(permission) else {
-                return .failure(APIError(403, "forbidden", "the token \(caller.name) (role \(caller.role.rawValue)) may not \(permission.rawValue) here"))
-            }
-            return .success(caller)
-        }
-    }
-
-    private func authenticate(_ request: HTTPRequest, queryToken: Bool) -> Result<Caller, APIError> {
-        guard config.tokens.enabled else { return .success(.unauthenticated) }
-        var presented: String? = nil
-        if let h = request.header("authorization") {
-            let parts = h.split(separator: " ", maxSplits: 1)
-            if parts.count == 2, parts[0].lowercased() == "bearer" { presented = String(parts[1]).trimmingCharacters(in: .whitespaces) }
-        }
-        if presented == nil, queryToken { presented = request.query["access_token"] }
-        guard let presented else {
-            return .failure(APIError(401, "unauthorized", "missing bearer token", headers: [("WWW-Authenticate", "Bearer")]))
-        }
-        guard let caller = config.tokens.authenticate(presented) else {
-            return .failure(APIError(401, "unauthorized", "wrong token", headers: [("WWW-Authenticate", "Bearer")]))
-        }
-        return .success(caller)
-    }
-
-    func corsHeaders(origin: String?) -> [(String, String)]? {
-        guard let allowed = config.corsOrigins, let origin else { return nil }
-        if allowed.contains("*") {
-            return [("Access-Control-Allow-Origin", "*"), ("Vary", "Origin"), ("Access-Control-Expose-Headers", "Location, Retry-After, X-Request-ID")]
-        }
-        guard allowed.contains(origin) else { return nil }
-        return [("Access-Control-Allow-Origin", origin), ("Vary", "Origin"), ("Access-Control-Expose-Headers", "Location, Retry-After, X-Request-ID")]
-    }
-
     // MARK: Endpoints
 
     private func healthz(_ req: HTTPRequest) -> HTTPResponse {
@@ -226,55 +161,18 @@ public final class KilnAPI: HTTPResponder, @unchecked Sendable {
                             ("uptime_s", .int(Int64(Date().timeIntervalSince(startedAt))))]))
     }
 
-    private func submit(_ req: HTTPRequest, _ caller: Caller, sync: Bool) -> HTTPResult {
-        if isShuttingDown { return .now(APIError(503, "shutting_down", "the server is shutting down").response) }
-        var submission: SubmitRequest
-        do {
-            submission = try SubmissionParser(defaultTimeoutS: config.defaultTimeoutS, maxTimeoutS: config.maxTimeoutS).parse(req.body)
-        } catch let e as APIError {
-            return .now(e.response)
-        } catch {
-            return .now(APIError(400, "invalid_body", "\(error)").response)
-        }
+    private func submit(_ req: HTTPRequest, _ caller: Caller, sync: Bool) throws -> HTTPResult {
+        if isShuttingDown { throw APIError(503, "shutting_down", "the server is shutting down") }
+        var submission = try SubmissionParser(defaultTimeoutS: config.defaultTimeoutS, maxTimeoutS: config.maxTimeoutS).parse(req.body)
         submission.tenant = caller.tenant
         submission.isolationLimit = caller.isolation
         let promise = sync ? HTTPPromise() : nil
         var onFinish: Engine.Completion? = nil
         if let promise { onFinish = { record in promise.resolve(.json(200, record.json)) } }
-        do throws(EngineError) {
-            let record = try engine.submit(submission, onFinish: onFinish)
-            if let promise { return .later(promise) }
-            return .now(.json(202, .object([("id", .string(record.id)), ("status", .string(record.status.rawValue))]),
-                              headers: [("Location", "/v1/workloads/\(record.id)")]))
-        } catch {
-            return .now(engineError(error).response)
-        }
-    }
-
-    func engineError(_ error: EngineError) -> APIError {
-        switch error {
-        case .queueFull(let after):
-            return APIError(429, "queue_full", "too many pending workloads; retry later", headers: [("Retry-After", String(after))])
-        case let .isolationUnavailable(requested, reason, available):
-            let list = available.isEmpty ? "none" : available.joined(separator: ", ")
-            var message = "isolation \(requested.rawValue) is not available (\(reason)); allowed and available for this runtime: \(list)"
-            if available.isEmpty, !config.isolation.contains(.process), engine.capability(.process)?.available == true {
-                message += ". The process backend (no isolation: code runs with the server's own rights) is off unless KILN_ISOLATION lists it"
-            }
-            return APIError(422, "isolation_unavailable", message, field: "isolation")
-        case let .isolationNotAllowed(requested, allowed):
-            let list = allowed.isEmpty ? "none" : allowed.joined(separator: ", ")
-            return APIError(422, "isolation_not_allowed", "isolation \(requested.rawValue) is not allowed here; allowed: \(list)",
-                            field: "isolation")
-        case .shuttingDown:
-            return APIError(503, "shutting_down", "the server is shutting down")
-        case .notFound(let id):
-            return APIError(404, "not_found", "workload \(id) not found")
-        case .alreadyFinished(let r):
-            return APIError(409, "conflict", "workload \(r.id) is already \(r.status.rawValue)")
-        case .storage(let why):
-            return APIError(500, "storage", why)
-        }
+        let record = try engine.submit(submission, onFinish: onFinish)
+        if let promise { return .later(promise) }
+        return .now(.json(202, .object([("id", .string(record.id)), ("status", .string(record.status.rawValue))]),
+                          headers: [("Location", "/v1/workloads/\(record.id)")]))
     }
 
     /// The record, if the caller may see it; another tenant's workload is 404, exactly as
@@ -293,28 +191,18 @@ public final class KilnAPI: HTTPResponder, @unchecked Sendable {
         return .json(200, r.json)
     }
 
-    private func kill(_ id: String, _ caller: Caller) -> HTTPResult {
-        do {
-            _ = try visibleRecord(id, caller)
-        } catch let e as APIError {
-            return .now(e.response)
-        } catch {
-            return .now(APIError(500, "internal", "internal error: \(error)").response)
-        }
+    private func kill(_ id: String, _ caller: Caller) throws -> HTTPResult {
+        _ = try visibleRecord(id, caller)
         let promise = HTTPPromise()
-        do throws(EngineError) {
-            try engine.kill(id) { r in
-                // It may have ended on its own while the kill was on its way.
-                if r.status == .killed {
-                    promise.resolve(.json(200, r.json))
-                } else {
-                    promise.resolve(APIError(409, "conflict", "workload \(r.id) is already \(r.status.rawValue)").response)
-                }
+        try engine.kill(id) { r in
+            // It may have ended on its own while the kill was on its way.
+            if r.status == .killed {
+                promise.resolve(.json(200, r.json))
+            } else {
+                promise.resolve(APIError(409, "conflict", "workload \(r.id) is already \(r.status.rawValue)").response)
             }
-            return .later(promise)
-        } catch {
-            return .now(engineError(error).response)
         }
+        return .later(promise)
     }
 
     private func list(_ req: HTTPRequest, _ caller: Caller) throws -> HTTPResponse {
@@ -394,27 +282,6 @@ public final class KilnAPI: HTTPResponder, @unchecked Sendable {
             ("sse_subscribers", .int(Int64(subscribers.value(tenant: caller.scope)))),
         ]))
     }
-}
-
-/// Adds CORS headers to a response that arrives later.
-enum CORSPromise {
-    static func wrap(_ inner: HTTPPromise, headers: [(String, String)]) -> HTTPPromise {
-        let outer = HTTPPromise()
-        inner.onResolve { response in
-            var r = response
-            r.headers.append(contentsOf: headers)
-            outer.resolve(r)
-        }
-        return outer
-    }
-}
-
-final class ShutdownFlag: @unchecked Sendable {
-    // Guarded by `lock`.
-    private let lock = NSLock()
-    private var value = false
-    func set() { lock.lock(); value = true; lock.unlock() }
-    var isSet: Bool { lock.lock(); defer { lock.unlock() }; return value }
 }
 
 enum Query {

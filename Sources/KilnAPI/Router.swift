@@ -6,15 +6,10 @@ public struct Parameters: Sendable {
     public subscript(name: String) -> String? { values[name] }
 }
 
-/// What a handler gets besides the request: its path parameters and the caller that the
-/// auth step let through. A handler cannot be reached without that step: `KilnAPI` builds
-/// the context only after `RouteAccess` was checked.
-public struct RouteContext: Sendable {
-    public var parameters: Parameters
-    public var caller: Caller
-}
-
-public typealias RouteHandler = @Sendable (HTTPRequest, RouteContext) -> HTTPResult
+/// A route's handler. It runs only after `AuthMiddleware` checked the route's
+/// `RouteAccess` and put the caller in the context; what it throws is rendered by
+/// `ErrorMiddleware`.
+public typealias RouteHandler = @Sendable (HTTPRequest, RequestContext) throws -> HTTPResult
 
 /// Method + path template routing over the parsed target's segments: `{name}` segments
 /// capture one segment. Every route states who may call it (`RouteAccess`); there is no
@@ -28,7 +23,7 @@ public struct Router: Sendable {
         var handler: RouteHandler
     }
 
-    public enum Match {
+    public enum Match: Sendable {
         case found(Route, Parameters)
         case methodNotAllowed(allowed: [String], template: String)
         case notFound

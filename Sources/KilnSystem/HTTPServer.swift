@@ -119,7 +119,7 @@ public final class HTTPServer: @unchecked Sendable {
         lock.unlock()
         slowClients.stop()
         _ = MHD_quiesce_daemon(d)
-        for item in pending { item.resumeForShutdown() }
+        for item in pending { item.resumeForShutdown(responder) }
         // Give resumed connections a moment to write their last bytes.
         usleep(100_000)
         MHD_stop_daemon(d)
@@ -156,10 +156,8 @@ public final class HTTPServer: @unchecked Sendable {
 
 /// A suspended connection the server can resume at shutdown.
 protocol Resumable: AnyObject {
-    func resumeForShutdown()
+    func resumeForShutdown(_ responder: any HTTPResponder)
 }
-
-private let jsonContentType = "application/json"
 
 // MARK: - Per-request state
 
@@ -177,6 +175,7 @@ final class RequestState: @unchecked Sendable, Resumable {
     var rejected = false
     var tooLarge = false
     var status = 0
+    var route: String?
     let startNanos: UInt64
     let lock = NSLock()
     var readyResponse: HTTPResponse?
@@ -192,10 +191,10 @@ final class RequestState: @unchecked Sendable, Resumable {
         self.startNanos = DispatchTime.now().uptimeNanoseconds
     }
 
-    func resumeForShutdown() {
+    func resumeForShutdown(_ responder: any HTTPResponder) {
         lock.lock()
         if readyResponse == nil {
-            readyResponse = HTTPResponse.jsonError(status: 503, code: "shutting_down", message: "the server is shutting down")
+            readyResponse = HTTPServer.refusalAnswer(responder, request, .shuttingDown)
         }
         if isSuspended {
             isSuspended = false
@@ -205,10 +204,24 @@ final class RequestState: @unchecked Sendable, Resumable {
     }
 }
 
-extension HTTPResponse {
-    static func jsonError(status: Int, code: String, message: String) -> HTTPResponse {
-        let body = "{\"error\":{\"code\":\"\(code)\",\"message\":\"\(message)\"}}"
-        return HTTPResponse(status: status, headers: [("Content-Type", jsonContentType)], body: .bytes(Array(body.utf8)))
+extension HTTPServer {
+    /// The responder's answer to a refused request, `Connection: close` added where the
+    /// connection ends with it.
+    static func refusalAnswer(_ responder: any HTTPResponder, _ request: HTTPRequest, _ refusal: HTTPRefusal) -> HTTPResponse {
+        var refused = request
+        refused.refusal = refusal
+        var response: HTTPResponse
+        switch responder.respond(to: refused) {
+        case .now(let r): response = r
+        case .later: response = HTTPResponse(status: 500, headers: [("Content-Type", "text/plain")], body: .bytes(Array("a refusal must be answered at once\n".utf8)))
+        }
+        if refusal.closes, response.header("Connection") == nil { response.headers.append(("Connection", "close")) }
+        return response
+    }
+
+    fileprivate func refuse(_ refusal: HTTPRefusal, _ state: RequestState) -> MHD_Result {
+        state.rejected = true
+        return queue(HTTPServer.refusalAnswer(responder, state.request, refusal), on: state)
     }
 }
 
@@ -289,29 +302,23 @@ private let accessHandler: MHD_AccessHandlerCallback = { cls, connection, url, m
         let request = state.request
         let versionText = version.map { String(cString: $0) } ?? ""
         state.http10 = versionText == "HTTP/1.0"
-        if case .failure(let why) = target {
-            state.rejected = true
-            return server.queue(server.responder.badRequest(request, reason: why.description), on: state)
-        }
+        if case .failure(let why) = target { return server.refuse(.badRequest(why.description), state) }
         // Refuse an ambiguous request before reading any of its body; answering now makes
         // libmicrohttpd close the connection after the answer, so nothing that follows the
         // head is taken for a next request.
         if let why = RequestFraming.problem(version: versionText, headers: headers.lines, folded: headers.folded) {
-            state.rejected = true
-            return server.queue(server.responder.badRequest(request, reason: why), on: state)
+            return server.refuse(.badRequest(why), state)
         }
         // A head that leaves too little of the connection's pool for the answer.
         let headBytes = request.method.utf8.count + (state.rawTarget?.count ?? 0) + versionText.utf8.count
             + headers.lines.reduce(0) { $0 + $1.name.utf8.count + $1.value.utf8.count + 4 }
         if headBytes > server.options.maxHeadBytes {
-            state.rejected = true
-            return server.queue(server.responder.headTooLarge(request, limit: server.options.maxHeadBytes), on: state)
+            return server.refuse(.headTooLarge(limit: server.options.maxHeadBytes), state)
         }
         // Refuse a declared oversize body before reading any of it. libmicrohttpd has
         // checked that it is a number below 2^64; one that does not fit an Int is too large.
         if let length = request.headers["content-length"], Int(length).map({ $0 > server.options.maxBodyBytes }) ?? true {
-            state.rejected = true
-            return server.queue(server.responder.bodyTooLarge(request, limit: server.options.maxBodyBytes), on: state)
+            return server.refuse(.bodyTooLarge(limit: server.options.maxBodyBytes), state)
         }
         return MHD_Result.YES
     }
@@ -338,10 +345,7 @@ private let accessHandler: MHD_AccessHandlerCallback = { cls, connection, url, m
         return MHD_Result.YES
     }
     if state.rejected { return MHD_Result.YES }
-    if state.tooLarge {
-        state.rejected = true
-        return server.queue(server.responder.bodyTooLarge(state.request, limit: server.options.maxBodyBytes), on: state)
-    }
+    if state.tooLarge { return server.refuse(.bodyTooLarge(limit: server.options.maxBodyBytes), state) }
 
     // Final call: either after a resume (the response is ready) or the first dispatch.
     state.lock.lock()
@@ -387,7 +391,7 @@ private let accessHandler: MHD_AccessHandlerCallback = { cls, connection, url, m
                 MHD_suspend_connection(connection)
             } else {
                 state.lock.unlock()
-                return server.queue(HTTPResponse.jsonError(status: 503, code: "shutting_down", message: "the server is shutting down"), on: state)
+                return server.queue(HTTPServer.refusalAnswer(server.responder, state.request, .shuttingDown), on: state)
             }
         }
         state.lock.unlock()
@@ -405,7 +409,7 @@ private let requestCompleted: MHD_RequestCompletedCallback = { cls, connection, 
     // reached Kiln: nothing to log.
     guard state.started else { return }
     let elapsed = DispatchTime.now().uptimeNanoseconds &- state.startNanos
-    server.responder.completed(state.request, status: state.status, durationNanos: elapsed)
+    server.responder.completed(state.request, status: state.status, route: state.route, durationNanos: elapsed)
 }
 
 /// The request line's target, before libmicrohttpd splits and decodes it. What this
@@ -431,6 +435,7 @@ extension HTTPServer {
     fileprivate func queue(_ response: HTTPResponse, on state: RequestState) -> MHD_Result {
         slowClients.answering(state.connection)
         state.status = response.status
+        state.route = response.route
         let mhdResponse: OpaquePointer?
         switch response.body {
         case .bytes(let bytes):
@@ -498,7 +503,7 @@ final class StreamBox: @unchecked Sendable, Resumable {
         }
     }
 
-    func resumeForShutdown() {
+    func resumeForShutdown(_ responder: any HTTPResponder) {
         wake()
     }
 

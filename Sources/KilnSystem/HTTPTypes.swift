@@ -12,6 +12,9 @@ public struct HTTPRequest: Sendable {
     public var headers: [String: String]
     public var body: [UInt8]
     public var requestID: String
+    /// Set when the HTTP layer refused the request before it was complete: the responder
+    /// answers with an error at once, and is never asked to route it.
+    public var refusal: HTTPRefusal?
 
     /// The decoded path, for messages and logs.
     public var path: String { target.path }
@@ -67,10 +70,28 @@ public enum HTTPBody: Sendable {
     case stream(any HTTPStreamSource)
 }
 
+/// Why the HTTP layer refused a request before any route saw it.
+public enum HTTPRefusal: Sendable, Equatable {
+    /// Ambiguous framing (`RequestFraming`) or a request target that is not origin-form or
+    /// absolute-form (`RequestTarget`); the connection closes after the answer.
+    case badRequest(String)
+    /// The request line and headers pass `Options.maxHeadBytes`; the connection closes.
+    case headTooLarge(limit: Int)
+    /// The body passes `Options.maxBodyBytes`; the connection closes.
+    case bodyTooLarge(limit: Int)
+    /// The server stops while the request waits for its answer.
+    case shuttingDown
+
+    /// Whether the connection closes after the answer.
+    public var closes: Bool { self != .shuttingDown }
+}
+
 public struct HTTPResponse: Sendable {
     public var status: Int
     public var headers: [(String, String)]
     public var body: HTTPBody
+    /// The route template that answered, for the access log and metrics (nil: none did).
+    public var route: String?
 
     public init(status: Int, headers: [(String, String)] = [], body: HTTPBody = .bytes([])) {
         self.status = status
@@ -130,23 +151,12 @@ public enum HTTPResult: Sendable {
 
 /// The application side of the daemon.
 public protocol HTTPResponder: Sendable {
+    /// Answers a request. A request with a `refusal` must be answered `.now` (the daemon
+    /// renders nothing itself).
     func respond(to request: HTTPRequest) -> HTTPResult
-    /// Called when a request body passes the size limit, before the rest is read.
-    func bodyTooLarge(_ request: HTTPRequest, limit: Int) -> HTTPResponse
-    /// Called for a request whose framing is refused (`RequestFraming`), before its body
-    /// is read; the connection closes after the answer.
-    func badRequest(_ request: HTTPRequest, reason: String) -> HTTPResponse
-    /// Called for a request whose line and headers pass `Options.maxHeadBytes`, before its
-    /// body is read; the connection closes after the answer.
-    func headTooLarge(_ request: HTTPRequest, limit: Int) -> HTTPResponse
-    /// Called once per finished request, for the access log and metrics.
-    func completed(_ request: HTTPRequest, status: Int, durationNanos: UInt64)
-}
-
-extension HTTPResponder {
-    public func headTooLarge(_ request: HTTPRequest, limit: Int) -> HTTPResponse {
-        HTTPResponse(status: 431, headers: [("Connection", "close")])
-    }
+    /// Called once per finished request, with the status and route sent, for the access
+    /// log and metrics.
+    func completed(_ request: HTTPRequest, status: Int, route: String?, durationNanos: UInt64)
 }
 
 /// The daemon's percent-decoding of paths and query values (`kiln_mhd_unescape`, which

@@ -7,11 +7,19 @@ import KilnTestSupport
 @Suite(.timeLimit(.minutes(10))) struct SlowClientTests {
     struct Echo: HTTPResponder {
         func respond(to request: HTTPRequest) -> HTTPResult {
-            .now(HTTPResponse(status: 200, body: .bytes(Array("\(request.method) \(request.path) \(request.body.count)".utf8))))
+            if let refusal = request.refusal { return .now(HTTPResponse(status: SlowClientTests.status(refusal))) }
+            return .now(HTTPResponse(status: 200, body: .bytes(Array("\(request.method) \(request.path) \(request.body.count)".utf8))))
         }
-        func bodyTooLarge(_ request: HTTPRequest, limit: Int) -> HTTPResponse { HTTPResponse(status: 413) }
-        func badRequest(_ request: HTTPRequest, reason: String) -> HTTPResponse { HTTPResponse(status: 400) }
-        func completed(_ request: HTTPRequest, status: Int, durationNanos: UInt64) {}
+        func completed(_ request: HTTPRequest, status: Int, route: String?, durationNanos: UInt64) {}
+    }
+
+    static func status(_ refusal: HTTPRefusal) -> Int {
+        switch refusal {
+        case .badRequest: return 400
+        case .headTooLarge: return 431
+        case .bodyTooLarge: return 413
+        case .shuttingDown: return 503
+        }
     }
 
     func withServer(_ body: (HTTPServer) throws -> Void) throws {
@@ -68,15 +76,14 @@ import KilnTestSupport
     @Test func aRequestWaitingForItsAnswerIsNotASlowClient() throws {
         struct Later: HTTPResponder {
             func respond(to request: HTTPRequest) -> HTTPResult {
+                if let refusal = request.refusal { return .now(HTTPResponse(status: SlowClientTests.status(refusal))) }
                 let promise = HTTPPromise()
                 DispatchQueue.global().asyncAfter(deadline: .now() + 2.5) {
                     promise.resolve(HTTPResponse(status: 200, body: .bytes(Array("late".utf8))))
                 }
                 return .later(promise)
             }
-            func bodyTooLarge(_ request: HTTPRequest, limit: Int) -> HTTPResponse { HTTPResponse(status: 413) }
-            func badRequest(_ request: HTTPRequest, reason: String) -> HTTPResponse { HTTPResponse(status: 400) }
-            func completed(_ request: HTTPRequest, status: Int, durationNanos: UInt64) {}
+            func completed(_ request: HTTPRequest, status: Int, route: String?, durationNanos: UInt64) {}
         }
         let server = HTTPServer(options: .init(host: "127.0.0.1", port: 0, threads: 2, requestTimeoutSeconds: 1,
                                                minBodyBytesPerSecond: 100),
