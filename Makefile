@@ -28,12 +28,12 @@ run: deps
 
 test: deps
 	$(SWIFT) build
-	node --test Sources/KilnEngine/isolate/host-test.mjs
+	node --test Sources/KilnBackends/isolate/host-test.mjs
 	$(SWIFT) test
 
 # The log broker, engine and HTTP-layer suites under ThreadSanitizer.
 test-tsan: deps
-	$(SWIFT) test --sanitize=thread --scratch-path .build-tsan --filter 'KilnEngineTests|KilnCoreTests|KilnSystemTests'
+	$(SWIFT) test --sanitize=thread --scratch-path .build-tsan --filter 'KilnEngineTests|KilnCoreTests|KilnHTTPTests|KilnLogsTests'
 
 # libFuzzer (with AddressSanitizer) over request decoding and routing, for FUZZ_TIME
 # seconds: Sources/KilnFuzzSupport/FuzzHarness.swift. New inputs go to .build-fuzz/corpus

@@ -26,35 +26,49 @@ let package = Package(
             pkgConfig: "libmicrohttpd",
             providers: [.apt(["libmicrohttpd-dev"])]
         ),
-        // Linux process and socket shims (clone into a PID namespace, listen socket).
-        .systemLibrary(name: "CKilnSys", path: "CModules/CKilnSys"),
-        // The one module with unsafe C interop: HTTP daemon bridge and child processes.
-        .target(
-            name: "KilnSystem",
-            dependencies: ["CMicroHTTPD", "CKilnSys"]
-        ),
+        // Linux process shims (clone into a PID namespace, spawn, pipes), a C target built
+        // with _GNU_SOURCE so flags and syscall numbers come from the system headers.
+        .target(name: "CKilnSys", path: "CModules/CKilnSys", cSettings: [.define("_GNU_SOURCE")]),
+        // libmicrohttpd, its request/response bridge, framing, request targets and slow
+        // clients: the only importer of CMicroHTTPD.
+        .target(name: "KilnHTTP", dependencies: ["CMicroHTTPD"]),
+        // Child processes: spawning into a PID namespace, pipes, process-wide limits.
+        .target(name: "KilnProcess", dependencies: ["CKilnSys"]),
         // Shared value types: JSON, ULID, workload model, time formatting.
         .target(name: "KilnCore"),
+        // The live log: the broker (window, cursors, catch-up) and line splitting.
+        .target(name: "KilnLogs", dependencies: ["KilnCore"]),
+        // The store seam (WorkloadStore) and its SQLite implementation.
         .target(
             name: "KilnStore",
             dependencies: ["KilnCore", .product(name: "GRDB", package: "GRDB.swift")]
         ),
+        // The isolation backends: process, sandbox (bubblewrap), gvisor (runsc), isolate (Node).
         .target(
-            name: "KilnEngine",
+            name: "KilnBackends",
             dependencies: [
-                "KilnCore", "KilnStore", "KilnSystem",
+                "KilnCore", "KilnLogs", "KilnProcess",
                 .product(name: "Logging", package: "swift-log"),
-                .product(name: "Metrics", package: "swift-metrics"),
             ],
             // The Node isolate host, compiled into the binary (PackageResources.host_mjs);
             // its own tests (host-test.mjs) are run by `make test` with node.
             exclude: ["isolate/host-test.mjs"],
             resources: [.embedInCode("isolate/host.mjs")]
         ),
+        // Admission, lanes, lifecycle and log ingest of workloads.
+        .target(
+            name: "KilnEngine",
+            dependencies: [
+                "KilnCore", "KilnStore", "KilnLogs", "KilnBackends",
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "Metrics", package: "swift-metrics"),
+            ]
+        ),
+        // Routes, middleware (CORS, errors, auth), handlers, SSE, configuration.
         .target(
             name: "KilnAPI",
             dependencies: [
-                "KilnCore", "KilnStore", "KilnEngine", "KilnSystem",
+                "KilnCore", "KilnStore", "KilnEngine", "KilnLogs", "KilnBackends", "KilnHTTP",
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "Metrics", package: "swift-metrics"),
                 .product(name: "Crypto", package: "swift-crypto"),
@@ -63,7 +77,7 @@ let package = Package(
         .executableTarget(
             name: "kiln",
             dependencies: [
-                "KilnCore", "KilnStore", "KilnEngine", "KilnAPI", "KilnSystem",
+                "KilnCore", "KilnStore", "KilnEngine", "KilnAPI", "KilnHTTP", "KilnProcess", "KilnBackends", "KilnLogs",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "Metrics", package: "swift-metrics"),
@@ -74,7 +88,7 @@ let package = Package(
         .target(
             name: "KilnFuzzSupport",
             dependencies: [
-                "KilnAPI", "KilnCore", "KilnEngine", "KilnStore", "KilnSystem",
+                "KilnAPI", "KilnCore", "KilnEngine", "KilnStore", "KilnHTTP", "KilnLogs",
                 .product(name: "Logging", package: "swift-log"),
             ]
         ),
@@ -83,12 +97,14 @@ let package = Package(
         .executableTarget(name: "KilnFuzz", dependencies: ["KilnFuzzSupport", "CLibFuzzer"]),
         .target(name: "KilnTestSupport", dependencies: ["KilnCore"], path: "Tests/KilnTestSupport"),
         .testTarget(name: "KilnCoreTests", dependencies: ["KilnCore"]),
-        .testTarget(name: "KilnSystemTests", dependencies: ["KilnSystem", "KilnTestSupport"]),
+        .testTarget(name: "KilnHTTPTests", dependencies: ["KilnHTTP", "KilnTestSupport"]),
+        .testTarget(name: "KilnLogsTests", dependencies: ["KilnLogs", "KilnCore"]),
         .testTarget(name: "KilnStoreTests", dependencies: ["KilnStore", "KilnCore"]),
-        .testTarget(name: "KilnEngineTests", dependencies: ["KilnEngine", "KilnStore", "KilnCore", "KilnSystem", "KilnTestSupport"]),
+        .testTarget(name: "KilnEngineTests", dependencies: ["KilnEngine", "KilnBackends", "KilnLogs", "KilnStore", "KilnCore",
+                                                            "KilnProcess", "KilnTestSupport"]),
         // Depends on the executable so that `swift test` builds the binary it runs (KILN_BIN overrides it).
         .testTarget(name: "KilnIntegrationTests", dependencies: ["KilnTestSupport", "KilnCore", "kiln"]),
-        .testTarget(name: "KilnAPITests", dependencies: ["KilnAPI", "KilnEngine", "KilnStore", "KilnTestSupport", "KilnFuzzSupport",
+        .testTarget(name: "KilnAPITests", dependencies: ["KilnAPI", "KilnEngine", "KilnLogs", "KilnStore", "KilnTestSupport", "KilnFuzzSupport",
                                                          .product(name: "Logging", package: "swift-log")]),
     ],
     swiftLanguageModes: [.v6]

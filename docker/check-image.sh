@@ -21,7 +21,7 @@
 #    --privileged), the image's USER with Docker's default capability set, root with Docker's
 #    default capability set, and the image's USER with this host's Node 20 over the image's
 #    node (like --build-arg NODE_MAJOR=20), when the host has one. Before them, the isolate
-#    host's own tests (Sources/KilnEngine/isolate/host-test.mjs) run with the image's node.
+#    host's own tests (Sources/KilnBackends/isolate/host-test.mjs) run with the image's node.
 #
 # Needs root (namespaces, mounts, debootstrap), debootstrap, curl, python3, and apt lists
 # (apt-get update). Prints PASS/FAIL per check and ends with "N passed, M failed"; exits
@@ -508,7 +508,7 @@ NODE_VERSION=$(sed -n 's/^node \(v[0-9.]*\),.*/\1/p' "$WORK/inspect.err")
 
 # The isolate host's own tests (escape attempts included) with the image's node, as the image
 # user: whether the isolate backend is sound on this Node, not only whether it starts.
-ISO_SRC=$REPO/Sources/KilnEngine/isolate
+ISO_SRC=$REPO/Sources/KilnBackends/isolate
 if [ -f "$ISO_SRC/host-test.mjs" ]; then
     rm -rf "$M/tmp/kiln-isolate-test" && cp -a "$ISO_SRC" "$M/tmp/kiln-isolate-test" && chmod -R a+rX "$M/tmp/kiln-isolate-test"
     write_env "$WORK/test.env" "$IMAGE_USER"

@@ -1,10 +1,15 @@
 #ifndef KILN_MHD_SHIM_H
 #define KILN_MHD_SHIM_H
 
+#include <errno.h>
+#include <netdb.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <string.h>
 #include <sys/types.h>
 #include <sys/socket.h>
+#include <netinet/in.h>
+#include <unistd.h>
 #include <microhttpd.h>
 
 static inline int kiln_hex_digit(char c) {
@@ -58,6 +63,42 @@ static inline int kiln_mhd_header_is_unfolded(const char *key, const char *value
 static inline int kiln_mhd_connection_fd(struct MHD_Connection *connection) {
     const union MHD_ConnectionInfo *info = MHD_get_connection_info(connection, MHD_CONNECTION_INFO_CONNECTION_FD);
     return info ? info->connect_fd : -1;
+}
+
+/// Binds and listens on host:port (IPv4 or IPv6 literal or name). Returns the
+/// socket, or -errno. `*bound_port` receives the port actually bound, which is
+/// how port 0 is resolved.
+static inline int kiln_listen(const char *host, const char *port, int backlog, int *bound_port) {
+    struct addrinfo hints;
+    memset(&hints, 0, sizeof hints);
+    hints.ai_family = AF_UNSPEC;
+    hints.ai_socktype = SOCK_STREAM;
+    hints.ai_flags = AI_PASSIVE | AI_NUMERICSERV;
+    struct addrinfo *res = NULL;
+    int rc = getaddrinfo(host, port, &hints, &res);
+    if (rc != 0) return -EADDRNOTAVAIL;
+    int err = EADDRNOTAVAIL;
+    for (struct addrinfo *ai = res; ai; ai = ai->ai_next) {
+        int fd = socket(ai->ai_family, ai->ai_socktype | SOCK_CLOEXEC, ai->ai_protocol);
+        if (fd < 0) { err = errno; continue; }
+        int one = 1;
+        setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+        if (bind(fd, ai->ai_addr, ai->ai_addrlen) == 0 && listen(fd, backlog) == 0) {
+            struct sockaddr_storage ss;
+            socklen_t len = sizeof ss;
+            *bound_port = 0;
+            if (getsockname(fd, (struct sockaddr *)&ss, &len) == 0) {
+                if (ss.ss_family == AF_INET) *bound_port = ntohs(((struct sockaddr_in *)&ss)->sin_port);
+                else if (ss.ss_family == AF_INET6) *bound_port = ntohs(((struct sockaddr_in6 *)&ss)->sin6_port);
+            }
+            freeaddrinfo(res);
+            return fd;
+        }
+        err = errno;
+        close(fd);
+    }
+    freeaddrinfo(res);
+    return -err;
 }
 
 /// MHD_start_daemon is variadic and Swift cannot call it. This shim passes every

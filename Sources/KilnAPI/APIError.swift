@@ -1,5 +1,5 @@
 import KilnCore
-import KilnSystem
+import KilnHTTP
 
 /// An error answer: `{"error": {"code", "message", "field"}}`.
 public struct APIError: Error, Sendable {

@@ -1,5 +1,5 @@
 import KilnCore
-import KilnSystem
+import KilnHTTP
 
 /// The path and query of a request as the access log writes them: never an
 /// `access_token`, whatever its letter case or percent-encoding (once, twice or more),

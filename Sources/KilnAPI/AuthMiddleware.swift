@@ -1,4 +1,4 @@
-import KilnSystem
+import KilnHTTP
 
 /// The one auth step: every route states its `RouteAccess`, and no handler runs before
 /// this step let its caller through. 401 without a valid token, 403 when the token's role

@@ -1,4 +1,4 @@
-import KilnSystem
+import KilnHTTP
 
 /// CORS when `KILN_CORS_ORIGINS` is set: an allowed `Origin` gets
 /// `Access-Control-Allow-Origin` on every answer (errors and streams included), and a

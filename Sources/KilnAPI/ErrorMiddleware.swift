@@ -1,5 +1,5 @@
 import KilnEngine
-import KilnSystem
+import KilnHTTP
 import Logging
 
 /// Errors become answers in one place: whatever a later step or a handler throws (an

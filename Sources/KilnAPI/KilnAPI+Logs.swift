@@ -1,6 +1,6 @@
 import KilnCore
 import KilnEngine
-import KilnSystem
+import KilnHTTP
 
 extension KilnAPI {
     /// `GET /v1/workloads/{id}/logs`: Server-Sent Events (spec section 4).

@@ -1,8 +1,9 @@
 import Foundation
 import KilnCore
+import KilnLogs
 import KilnEngine
 import KilnStore
-import KilnSystem
+import KilnHTTP
 import Logging
 import Metrics
 import Synchronization

@@ -1,8 +1,9 @@
 import Foundation
 import KilnCore
+import KilnLogs
 import KilnEngine
 import KilnStore
-import KilnSystem
+import KilnHTTP
 
 /// One SSE stream of a workload's log: the stored lines from the chosen start, then live
 /// lines from the broker, then `event: end`. Pulled by the daemon; it never buffers more

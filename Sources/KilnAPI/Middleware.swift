@@ -1,4 +1,4 @@
-import KilnSystem
+import KilnHTTP
 
 /// One step between the daemon and a route's handler (hummingbird 2's shape): it may
 /// answer itself, or call `next` and change what comes back. A step may throw; `ErrorMiddleware`

@@ -1,4 +1,4 @@
-import KilnSystem
+import KilnHTTP
 import Logging
 
 /// What travels with a request through the middleware chain to its handler: its id and a

@@ -1,4 +1,4 @@
-import KilnSystem
+import KilnHTTP
 
 /// Path parameters of a matched route.
 public struct Parameters: Sendable {

@@ -1,9 +1,10 @@
 import Foundation
 import KilnAPI
 import KilnCore
+import KilnLogs
 import KilnEngine
 import KilnStore
-import KilnSystem
+import KilnHTTP
 import Logging
 
 /// The fuzz target over Kiln's request decoding and routing (reliability check R3):

@@ -1,6 +1,7 @@
 import ArgumentParser
 import Foundation
 import KilnCore
+import KilnLogs
 
 /// Options every client command shares.
 struct ClientOptions: ParsableArguments {

@@ -3,6 +3,7 @@ import Foundation
 import FoundationNetworking
 #endif
 import KilnCore
+import KilnLogs
 
 /// A server error or an unreachable server, shown as one line.
 struct ClientError: Error, CustomStringConvertible {

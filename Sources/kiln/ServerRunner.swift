@@ -3,7 +3,10 @@ import KilnAPI
 import KilnCore
 import KilnEngine
 import KilnStore
-import KilnSystem
+import KilnBackends
+import KilnHTTP
+import KilnLogs
+import KilnProcess
 import Logging
 
 /// The composition root of `kiln serve`: builds the store, broker, backends, engine, API

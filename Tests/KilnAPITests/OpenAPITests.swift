@@ -1,6 +1,7 @@
 import Foundation
 import Logging
 import Testing
+import KilnLogs
 import KilnStore
 import KilnTestSupport
 @testable import KilnAPI

@@ -3,7 +3,9 @@ import Logging
 import Testing
 import KilnCore
 import KilnStore
-import KilnSystem
+import KilnProcess
+import KilnBackends
+import KilnLogs
 import KilnTestSupport
 @testable import KilnEngine
 

@@ -2,8 +2,10 @@ import Foundation
 import Logging
 import Testing
 import KilnCore
+import KilnLogs
 import KilnStore
 @testable import KilnEngine
+import KilnBackends
 
 /// `auto` and explicit isolation against real backends in different sets.
 @Suite(.timeLimit(.minutes(10))) struct RoutingTests {

@@ -1,5 +1,5 @@
 import Testing
-@testable import KilnSystem
+@testable import KilnHTTP
 
 /// The framing rules Kiln adds to libmicrohttpd's parser (request smuggling, RFC 9112).
 @Suite(.timeLimit(.minutes(10))) struct RequestFramingTests {

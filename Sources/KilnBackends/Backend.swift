@@ -1,5 +1,6 @@
 import Foundation
 import KilnCore
+import KilnLogs
 
 /// What a backend is asked to run.
 public struct ExecutionSpec: Sendable {

@@ -1,5 +1,4 @@
 internal import CMicroHTTPD
-internal import CKilnSys
 import Foundation
 
 public struct HTTPServerError: Error, CustomStringConvertible {

@@ -1,6 +1,7 @@
 import Foundation
 import KilnCore
-import KilnSystem
+import KilnLogs
+import KilnProcess
 
 /// Finds runtime executables in the minimal PATH workloads get.
 public enum RuntimeLocator {

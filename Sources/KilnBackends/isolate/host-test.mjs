@@ -1,4 +1,4 @@
-// Tests for the isolate host: node --test Sources/KilnEngine/isolate/host-test.mjs
+// Tests for the isolate host: node --test Sources/KilnBackends/isolate/host-test.mjs
 // Spawns host.mjs and talks its stdin/stdout protocol, as Kiln does.
 
 import { test, before, after } from 'node:test';

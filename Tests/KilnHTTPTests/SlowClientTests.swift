@@ -1,7 +1,7 @@
 import Foundation
 import Testing
 import KilnTestSupport
-@testable import KilnSystem
+@testable import KilnHTTP
 
 /// Slow clients (slowloris) against an in-process server with a 1 s request deadline.
 @Suite(.timeLimit(.minutes(10))) struct SlowClientTests {

@@ -1,5 +1,5 @@
 import Testing
-@testable import KilnEngine
+@testable import KilnLogs
 
 @Suite(.timeLimit(.minutes(10))) struct LineSplitterTests {
     func split(_ chunks: [[UInt8]], max: Int = LineSplitter.defaultMaxLineBytes) -> [String] {

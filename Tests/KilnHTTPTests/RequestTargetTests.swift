@@ -1,5 +1,5 @@
 import Testing
-@testable import KilnSystem
+@testable import KilnHTTP
 
 /// The request target is parsed once (RFC 9112 section 3.2): what routing and
 /// authentication see comes from here.

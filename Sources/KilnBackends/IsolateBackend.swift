@@ -1,6 +1,7 @@
 import Foundation
 import KilnCore
-import KilnSystem
+import KilnLogs
+import KilnProcess
 import Logging
 
 /// Runs JavaScript in V8 isolates inside one long-running Node host (isolate/host.mjs):

@@ -1,7 +1,7 @@
 import Foundation
 import Testing
 import KilnCore
-@testable import KilnEngine
+@testable import KilnLogs
 
 @Suite(.timeLimit(.minutes(10))) struct LogBrokerTests {
     func line(_ seq: Int64, _ text: String? = nil) -> LogLine {

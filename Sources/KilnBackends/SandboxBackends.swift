@@ -1,6 +1,7 @@
 import Foundation
 import KilnCore
-import KilnSystem
+import KilnLogs
+import KilnProcess
 import Logging
 
 /// What the sandboxed backends share: a state folder with a minimal `/etc`, work folders

@@ -1,0 +1,44 @@
+#ifndef KILN_SYS_H
+#define KILN_SYS_H
+
+// Linux process shims for what Swift cannot do safely between fork and exec. Built as a
+// C target with _GNU_SOURCE (as swift-nio's CNIOLinux is), so clone flags and syscall
+// numbers come from the system headers; the Glibc module Swift imports has no
+// _GNU_SOURCE, so nothing here needs it in the header.
+
+#include <sys/types.h>
+
+/// What a workload's process gets. Every pointer stays valid for the call.
+struct kiln_spawn_opts {
+    const char *path;          // absolute path of the program
+    char *const *argv;         // NULL-terminated
+    char *const *envp;         // NULL-terminated
+    const char *cwd;           // work folder
+    int stdin_fd;              // becomes fd 0
+    int stdout_fd;             // becomes fd 1
+    int stderr_fd;             // becomes fd 2
+    long long mem_bytes;       // RLIMIT_AS; 0 = not set
+    long long cpu_seconds;     // RLIMIT_CPU; 0 = not set
+    int use_pid_namespace;     // try a new PID namespace (falls back when refused)
+};
+
+/// Starts a workload. Returns the pid of the direct child (> 0) or -errno.
+/// `*in_pid_namespace` says whether the child is the init of a new PID namespace.
+///
+/// With a PID namespace the direct child is a tiny init: it forks the workload,
+/// reaps everything, and exits with the workload's status; its exit tears the
+/// namespace down, so every grandchild dies with it. Both carry a parent-death
+/// signal, so a SIGKILLed server still takes the whole tree with it. The parent-death
+/// signal follows the *thread* that spawned: call this from a thread that lives
+/// as long as the server.
+int kiln_spawn(const struct kiln_spawn_opts *o, int *in_pid_namespace);
+
+/// A pollable descriptor that becomes readable when `pid` exits (Linux 5.3+); -errno on failure.
+int kiln_pidfd_open(pid_t pid);
+
+int kiln_errno(void);
+
+/// pipe2 with O_CLOEXEC (and O_NONBLOCK when asked); 0 or -errno.
+int kiln_pipe(int fds[2], int nonblock);
+
+#endif

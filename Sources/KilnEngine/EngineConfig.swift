@@ -1,0 +1,59 @@
+import KilnCore
+
+public struct EngineConfig: Sendable {
+    public var maxConcurrent: Int
+    public var queueLimit: Int
+    /// Where per-workload work folders are made.
+    public var workRoot: String
+    /// The backends that may run workloads (`KILN_ISOLATION`): `auto` picks among them and
+    /// any other is refused. `process` runs code with the server's own rights, so it is
+    /// left out unless named.
+    public var allowedIsolation: Set<Isolation>
+
+    public init(maxConcurrent: Int, queueLimit: Int, workRoot: String,
+                allowedIsolation: Set<Isolation> = Isolation.allowedByDefault) {
+        self.maxConcurrent = max(1, maxConcurrent)
+        self.queueLimit = max(0, queueLimit)
+        self.workRoot = workRoot
+        self.allowedIsolation = allowedIsolation.subtracting([.auto])
+    }
+}
+
+/// A validated submission.
+public struct SubmitRequest: Sendable {
+    public var runtime: Runtime
+    public var code: String
+    public var inputJSON: String
+    public var isolation: Isolation
+    public var resources: Resources
+    public var env: [String: String]
+    /// The tenant the workload belongs to.
+    public var tenant: String
+    /// The submitting token's own isolation list, which narrows the server's (nil: none).
+    public var isolationLimit: Set<Isolation>?
+
+    public init(runtime: Runtime, code: String, inputJSON: String = "null", isolation: Isolation = .auto,
+                resources: Resources, env: [String: String] = [:], tenant: String = "default",
+                isolationLimit: Set<Isolation>? = nil) {
+        self.runtime = runtime
+        self.code = code
+        self.inputJSON = inputJSON
+        self.isolation = isolation
+        self.resources = resources
+        self.env = env
+        self.tenant = tenant
+        self.isolationLimit = isolationLimit
+    }
+}
+
+public enum EngineError: Error, Equatable {
+    case queueFull(retryAfterSeconds: Int)
+    /// The requested backend cannot run this runtime here; `available` can.
+    case isolationUnavailable(requested: Isolation, reason: String, available: [String])
+    /// The requested backend is not in the caller's allowed list (`allowed`, strongest first).
+    case isolationNotAllowed(requested: Isolation, allowed: [String])
+    case shuttingDown
+    case notFound(String)
+    case alreadyFinished(WorkloadRecord)
+    case storage(String)
+}

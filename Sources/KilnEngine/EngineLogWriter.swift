@@ -1,0 +1,87 @@
+import Foundation
+import KilnBackends
+import KilnCore
+import KilnLogs
+import Metrics
+
+/// Numbers lines, publishes them at once, and hands them to the store in batches.
+final class EngineLogWriter: LogWriter {
+    let id: String
+    unowned let engine: Engine
+    private(set) var lastSeq: Int64 = 0
+    private var out = LineSplitter()
+    private var err = LineSplitter()
+    private var batch: [LogLine] = []
+    private var fresh: [LogLine] = []
+    private var lastFlush = DispatchTime.now().uptimeNanoseconds
+    private(set) var stdout: [UInt8] = []
+    private(set) var stdoutTruncated = false
+    private var now: Int64 = 0
+    static let batchLines = 2048
+    static let batchNanos: UInt64 = 20_000_000
+
+    init(id: String, engine: Engine) {
+        self.id = id
+        self.engine = engine
+    }
+
+    func write(_ stream: LogStream, _ bytes: [UInt8]) {
+        now = Millis.now()
+        if stream == .stdout {
+            let room = OutputCapture.limit - stdout.count
+            if bytes.count <= room {
+                stdout.append(contentsOf: bytes)
+            } else {
+                stdout.append(contentsOf: bytes.prefix(room))
+                stdoutTruncated = true
+            }
+            out.feed(bytes) { add(.stdout, $0) }
+        } else {
+            err.feed(bytes) { add(.stderr, $0) }
+        }
+        publishFresh()
+    }
+
+    func writeLine(_ stream: LogStream, _ line: String) {
+        now = Millis.now()
+        var splitter = LineSplitter()
+        splitter.feed(Array(line.utf8)) { add(stream, $0) }
+        splitter.finish { add(stream, $0) }
+        publishFresh()
+    }
+
+    func tick() {
+        if !batch.isEmpty, DispatchTime.now().uptimeNanoseconds - lastFlush >= EngineLogWriter.batchNanos {
+            flush()
+        }
+    }
+
+    func finish() {
+        now = Millis.now()
+        out.finish { add(.stdout, $0) }
+        err.finish { add(.stderr, $0) }
+        publishFresh()
+        flush()
+    }
+
+    private func add(_ stream: LogStream, _ text: String) {
+        lastSeq += 1
+        let line = LogLine(seq: lastSeq, stream: stream, ts: now, line: text)
+        fresh.append(line)
+        batch.append(line)
+    }
+
+    private func publishFresh() {
+        guard !fresh.isEmpty else { return }
+        engine.broker.publish(id, fresh)
+        fresh.removeAll(keepingCapacity: true)
+        if batch.count >= EngineLogWriter.batchLines { flush() } else { tick() }
+    }
+
+    private func flush() {
+        lastFlush = DispatchTime.now().uptimeNanoseconds
+        guard !batch.isEmpty else { return }
+        engine.persist(id, batch)
+        batch = []
+    }
+}
