@@ -28,31 +28,14 @@ public struct ServerConfig: Sendable {
     /// The tokens this server accepts, read from `apiToken` and `tokensFile` at start.
     public var tokens: TokenSet
 
-    /// Every variable Kiln reads, with its default.
-    public static let variables: [(name: String, defaultValue: String)] = [
-        ("KILN_LISTEN", "127.0.0.1:8080"),
-        ("KILN_DB", "./kiln-data/kiln.db"),
-        ("KILN_API_TOKEN", ""),
-        ("KILN_MAX_CONCURRENT", String(2 * ProcessInfo.processInfo.activeProcessorCount)),
-        ("KILN_QUEUE_LIMIT", "1000"),
-        ("KILN_MAX_BODY_BYTES", "10485760"),
-        ("KILN_DEFAULT_TIMEOUT_S", "30"),
-        ("KILN_MAX_TIMEOUT_S", "3600"),
-        ("KILN_HEARTBEAT_S", "15"),
-        ("KILN_CORS_ORIGINS", ""),
-        ("KILN_LOG_LEVEL", "info"),
-        ("KILN_TOKENS_FILE", ""),
-        ("KILN_ISOLATION", "sandbox,gvisor,isolate"),
-        ("KILN_ALLOW_UNAUTHENTICATED", "0"),
-    ]
+    /// Every variable Kiln reads, with its default (`Settings.all`).
+    public static var variables: [(name: String, defaultValue: String)] { Settings.all.map { ($0.name, $0.defaultValue) } }
 
     /// `flags` maps variable names to flag values (nil: flag not given); a flag wins. Any
     /// variable may instead be given as `NAME_FILE`, the path of a file holding its value
     /// (Docker and Kubernetes secrets); one trailing newline is dropped.
     public static func resolve(flags: [String: String?], environment: [String: String]) throws -> ServerConfig {
-        func flagName(_ name: String) -> String {
-            "--" + name.dropFirst(5).lowercased().replacingOccurrences(of: "_", with: "-")
-        }
+        func flagName(_ name: String) -> String { Settings.named(name).flag }
         var fromFiles: [String: String] = [:]
         for (name, _) in variables {
             guard let path = environment[name + "_FILE"] else { continue }
@@ -68,7 +51,7 @@ public struct ServerConfig: Sendable {
         func value(_ name: String) -> String {
             if let f = flags[name], let f { return f }
             if let e = environment[name] ?? fromFiles[name] { return e }
-            return variables.first { $0.name == name }!.defaultValue
+            return Settings.named(name).defaultValue
         }
         func int(_ name: String, min: Int, max: Int = Int.max) throws -> Int {
             let raw = value(name).trimmingCharacters(in: .whitespaces)

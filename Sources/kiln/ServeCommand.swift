@@ -5,24 +5,25 @@ import Logging
 import Metrics
 import Prometheus
 
-/// `kiln serve`: every `KILN_*` variable has a flag named after it; a flag wins.
+/// `kiln serve`: every `KILN_*` variable has a flag named after it; a flag wins. The help
+/// comes from `Settings.all`, and a test checks that the flags here are exactly its flags.
 struct ServeCommand: ParsableCommand {
     static let configuration = CommandConfiguration(commandName: "serve", abstract: "Run the Kiln server.")
 
-    @Option(parsing: .unconditional, help: "address:port to bind (KILN_LISTEN; port 0 picks a free one)") var listen: String?
-    @Option(parsing: .unconditional, help: "SQLite file, or :memory: (KILN_DB)") var db: String?
-    @Option(parsing: .unconditional, help: "bearer token every /v1 request needs (KILN_API_TOKEN)") var apiToken: String?
-    @Option(parsing: .unconditional, help: "workloads executing at once (KILN_MAX_CONCURRENT)") var maxConcurrent: String?
-    @Option(parsing: .unconditional, help: "pending workloads allowed (KILN_QUEUE_LIMIT)") var queueLimit: String?
-    @Option(parsing: .unconditional, help: "largest request body in bytes (KILN_MAX_BODY_BYTES)") var maxBodyBytes: String?
-    @Option(parsing: .unconditional, help: "default workload timeout in seconds (KILN_DEFAULT_TIMEOUT_S)") var defaultTimeoutS: String?
-    @Option(parsing: .unconditional, help: "largest workload timeout in seconds (KILN_MAX_TIMEOUT_S)") var maxTimeoutS: String?
-    @Option(parsing: .unconditional, help: "SSE keep-alive interval in seconds (KILN_HEARTBEAT_S)") var heartbeatS: String?
-    @Option(parsing: .unconditional, help: "comma-separated CORS origins, or * (KILN_CORS_ORIGINS)") var corsOrigins: String?
-    @Option(parsing: .unconditional, help: "server log level (KILN_LOG_LEVEL)") var logLevel: String?
-    @Option(parsing: .unconditional, help: "JSON file of further tokens, by SHA-256 digest (KILN_TOKENS_FILE)") var tokensFile: String?
-    @Option(parsing: .unconditional, help: "comma-separated backends that may run workloads (KILN_ISOLATION; process only when listed)") var isolation: String?
-    @Option(parsing: .unconditional, help: "1: listen beyond loopback without a token (KILN_ALLOW_UNAUTHENTICATED)") var allowUnauthenticated: String?
+    @Option(parsing: .unconditional, help: ArgumentHelp(Settings.named("KILN_LISTEN").help)) var listen: String?
+    @Option(parsing: .unconditional, help: ArgumentHelp(Settings.named("KILN_DB").help)) var db: String?
+    @Option(parsing: .unconditional, help: ArgumentHelp(Settings.named("KILN_API_TOKEN").help)) var apiToken: String?
+    @Option(parsing: .unconditional, help: ArgumentHelp(Settings.named("KILN_MAX_CONCURRENT").help)) var maxConcurrent: String?
+    @Option(parsing: .unconditional, help: ArgumentHelp(Settings.named("KILN_QUEUE_LIMIT").help)) var queueLimit: String?
+    @Option(parsing: .unconditional, help: ArgumentHelp(Settings.named("KILN_MAX_BODY_BYTES").help)) var maxBodyBytes: String?
+    @Option(parsing: .unconditional, help: ArgumentHelp(Settings.named("KILN_DEFAULT_TIMEOUT_S").help)) var defaultTimeoutS: String?
+    @Option(parsing: .unconditional, help: ArgumentHelp(Settings.named("KILN_MAX_TIMEOUT_S").help)) var maxTimeoutS: String?
+    @Option(parsing: .unconditional, help: ArgumentHelp(Settings.named("KILN_HEARTBEAT_S").help)) var heartbeatS: String?
+    @Option(parsing: .unconditional, help: ArgumentHelp(Settings.named("KILN_CORS_ORIGINS").help)) var corsOrigins: String?
+    @Option(parsing: .unconditional, help: ArgumentHelp(Settings.named("KILN_LOG_LEVEL").help)) var logLevel: String?
+    @Option(parsing: .unconditional, help: ArgumentHelp(Settings.named("KILN_TOKENS_FILE").help)) var tokensFile: String?
+    @Option(parsing: .unconditional, help: ArgumentHelp(Settings.named("KILN_ISOLATION").help)) var isolation: String?
+    @Option(parsing: .unconditional, help: ArgumentHelp(Settings.named("KILN_ALLOW_UNAUTHENTICATED").help)) var allowUnauthenticated: String?
 
     func run() throws {
         let flags: [String: String?] = [

@@ -1,0 +1,67 @@
+import Foundation
+
+/// One `KILN_*` setting: the variable, its `kiln serve` flag, its default, and what it
+/// means. `Settings.all` is the one table: `ServerConfig` reads its defaults from it,
+/// `kiln serve --help` its help, and a test keeps the README's configuration table equal
+/// to it row for row.
+public struct Setting: Sendable {
+    public let name: String
+    /// The value when neither the flag nor the variable is given ("" = unset).
+    public let defaultValue: String
+    /// The default as the README shows it.
+    public let shownDefault: String
+    /// The README's description (Markdown).
+    public let meaning: String
+
+    /// `KILN_MAX_CONCURRENT` → `--max-concurrent`.
+    public var flag: String { "--" + name.dropFirst(5).lowercased().replacingOccurrences(of: "_", with: "-") }
+
+    /// The meaning as plain text, for `--help`.
+    public var help: String {
+        var text = meaning.replacingOccurrences(of: "`", with: "")
+        while let open = text.range(of: "]("), let close = text[open.upperBound...].firstIndex(of: ")"),
+              let start = text[..<open.lowerBound].lastIndex(of: "[") {
+            let label = text[text.index(after: start)..<open.lowerBound]
+            text.replaceSubrange(start...close, with: label)
+        }
+        return "\(text) (\(name))"
+    }
+}
+
+public enum Settings {
+    public static let all: [Setting] = [
+        Setting(name: "KILN_LISTEN", defaultValue: "127.0.0.1:8080", shownDefault: "`127.0.0.1:8080`",
+                meaning: "address:port to bind; port 0 picks a free one and prints it"),
+        Setting(name: "KILN_DB", defaultValue: "./kiln-data/kiln.db", shownDefault: "`./kiln-data/kiln.db`",
+                meaning: "SQLite file (folder created), or `:memory:`"),
+        Setting(name: "KILN_API_TOKEN", defaultValue: "", shownDefault: "unset",
+                meaning: "a bearer token, admin of tenant `default`"),
+        Setting(name: "KILN_TOKENS_FILE", defaultValue: "", shownDefault: "unset",
+                meaning: "JSON file of further tokens by SHA-256 digest, each with a tenant, a role and an optional backend list ([Access control](#access-control))"),
+        Setting(name: "KILN_ISOLATION", defaultValue: "sandbox,gvisor,isolate", shownDefault: "`sandbox,gvisor,isolate`",
+                meaning: "backends that may run workloads; `process` (no isolation) only when listed"),
+        Setting(name: "KILN_ALLOW_UNAUTHENTICATED", defaultValue: "0", shownDefault: "`0`",
+                meaning: "`1`: listen beyond loopback without any token"),
+        Setting(name: "KILN_MAX_CONCURRENT", defaultValue: String(2 * ProcessInfo.processInfo.activeProcessorCount), shownDefault: "2 × cores",
+                meaning: "workloads executing at once; the rest wait as `pending`"),
+        Setting(name: "KILN_QUEUE_LIMIT", defaultValue: "1000", shownDefault: "1000",
+                meaning: "pending workloads allowed; past it, 429"),
+        Setting(name: "KILN_MAX_BODY_BYTES", defaultValue: "10485760", shownDefault: "10485760",
+                meaning: "larger request bodies get 413"),
+        Setting(name: "KILN_DEFAULT_TIMEOUT_S", defaultValue: "30", shownDefault: "30",
+                meaning: "a workload's wall-clock timeout when it names none"),
+        Setting(name: "KILN_MAX_TIMEOUT_S", defaultValue: "3600", shownDefault: "3600",
+                meaning: "the largest timeout a workload may ask for"),
+        Setting(name: "KILN_HEARTBEAT_S", defaultValue: "15", shownDefault: "15",
+                meaning: "SSE keep-alive interval"),
+        Setting(name: "KILN_CORS_ORIGINS", defaultValue: "", shownDefault: "unset",
+                meaning: "comma-separated origins allowed by CORS, or `*`"),
+        Setting(name: "KILN_LOG_LEVEL", defaultValue: "info", shownDefault: "`info`",
+                meaning: "the server's own log level (stderr)"),
+    ]
+
+    public static func named(_ name: String) -> Setting {
+        guard let s = all.first(where: { $0.name == name }) else { preconditionFailure("no setting \(name)") }
+        return s
+    }
+}

@@ -1,0 +1,43 @@
+import Foundation
+import Testing
+import KilnTestSupport
+@testable import KilnAPI
+
+/// `Settings.all` is the one table of `KILN_*` settings: the README's configuration table
+/// and `kiln serve --help` must say the same.
+@Suite(.timeLimit(.minutes(10))) struct SettingsTests {
+    @Test func theReadmeTableIsTheRegistry() throws {
+        let readme = try String(contentsOfFile: "\(KilnServer.packageRoot)/README.md", encoding: .utf8)
+        let section = try #require(readme.range(of: "## Configuration").map { readme[$0.upperBound...] })
+        let rows = section.split(separator: "\n").drop { !$0.hasPrefix("| variable") }.dropFirst(2)
+            .prefix { $0.hasPrefix("|") }
+            .map { line in line.split(separator: "|", omittingEmptySubsequences: false).dropFirst().dropLast()
+                .map { $0.trimmingCharacters(in: .whitespaces) } }
+        let expected = Settings.all.map { ["`\($0.name)`", $0.shownDefault, $0.meaning] }
+        #expect(rows.count == expected.count)
+        for (row, want) in zip(rows, expected) {
+            #expect(row == want)
+        }
+    }
+
+    @Test func serveHasExactlyTheRegistrysFlags() throws {
+        let (_, out, _) = try Curl.exec(KilnServer.binary, ["serve", "--help"])
+        let help = String(decoding: out, as: UTF8.self)
+        let flags = Set(help.split(whereSeparator: { $0 == " " || $0 == "\n" || $0 == "," })
+            .filter { $0.hasPrefix("--") && $0 != "--help" }.map { String($0.prefix { $0 != "=" && $0 != "<" }) })
+        #expect(flags == Set(Settings.all.map(\.flag)))
+        for setting in Settings.all {
+            #expect(help.contains("(\(setting.name))"), "no help for \(setting.name)")
+        }
+    }
+
+    @Test func everyVariableIsReadWithItsDefault() throws {
+        let config = try ServerConfig.resolve(flags: [:], environment: [:])
+        #expect(config.host == "127.0.0.1" && config.port == 8080)
+        #expect(config.isolation == [.sandbox, .gvisor, .isolate])
+        #expect(ServerConfig.variables.map(\.name) == Settings.all.map(\.name))
+        #expect(Settings.named("KILN_MAX_CONCURRENT").flag == "--max-concurrent")
+        #expect(!Settings.named("KILN_TOKENS_FILE").help.contains("](#"))
+        #expect(Settings.named("KILN_TOKENS_FILE").help.contains("backend list (Access control) (KILN_TOKENS_FILE)"))
+    }
+}
