@@ -33,10 +33,8 @@ extension KilnAPI {
         } else if let tail {
             after = Swift.max(0, lastSeq - Int64(tail))
         }
-        let subscription = live == nil ? nil : engine.broker.subscription(id, after: after)
-        let source = LogStreamSource(id: id, after: after, store: store, broker: engine.broker, subscription: subscription,
-                                     format: format, hub: heartbeats, counter: subscribers,
-                                     tenant: record.tenant)
+        let source = LogStreamSource(id: id, reader: engine.broker.cursor(id, after: after), format: format,
+                                     hub: heartbeats, counter: subscribers, tenant: record.tenant)
         return HTTPResponse(status: 200, headers: [
             ("Content-Type", "text/event-stream"),
             ("Cache-Control", "no-cache"),

@@ -5,9 +5,11 @@ import KilnEngine
 import KilnStore
 import KilnHTTP
 
-/// One SSE stream of a workload's log: the stored lines from the chosen start, then live
-/// lines from the broker, then `event: end`. Pulled by the daemon; it never buffers more
-/// than one read's worth of bytes plus one line.
+/// One SSE stream of a workload's log: what its `LogCursor` reads (stored lines from the
+/// chosen start, then live lines), then `event: end`, formatted here (text streams take
+/// the broker's ready-made frames). Pulled by the daemon; it never buffers more than one
+/// read's worth of bytes plus one line. When the store cannot be read, the stream ends
+/// with `event: error` instead of `end`, so that the client resumes from its last line.
 final class LogStreamSource: HTTPStreamSource, @unchecked Sendable {
     enum Format { case text, json }
     /// Seqs never get near this; it keeps cursor arithmetic far from overflow.
@@ -17,15 +19,13 @@ final class LogStreamSource: HTTPStreamSource, @unchecked Sendable {
     static let readBudget = 256 * 1024
 
     let id: String
-    let store: any WorkloadStore
-    let broker: LogBroker
     let format: Format
     let hub: HeartbeatHub
     let counter: SubscriberCount
     let tenant: String
     // Touched only from `read`, which the daemon calls one at a time per stream.
     private var cursor: Int64
-    private var subscription: LogSubscription?
+    private let reader: LogCursor
     private var pending: [LogLine] = []
     private var pendingIndex = 0
     private var ended = false
@@ -35,14 +35,11 @@ final class LogStreamSource: HTTPStreamSource, @unchecked Sendable {
     private var heartbeatDue = false
     private var closed = false
 
-    init(id: String, after: Int64, store: any WorkloadStore, broker: LogBroker, subscription: LogSubscription?,
-         format: Format, hub: HeartbeatHub, counter: SubscriberCount, tenant: String) {
+    init(id: String, reader: LogCursor, format: Format, hub: HeartbeatHub, counter: SubscriberCount, tenant: String) {
         self.id = id
         self.tenant = tenant
-        self.cursor = after
-        self.store = store
-        self.broker = broker
-        self.subscription = subscription
+        self.cursor = reader.cursor
+        self.reader = reader
         self.format = format
         self.hub = hub
         self.counter = counter
@@ -53,7 +50,7 @@ final class LogStreamSource: HTTPStreamSource, @unchecked Sendable {
         lock.lock()
         self.waker = waker
         lock.unlock()
-        subscription?.setWaker(waker)
+        reader.setWaker(waker)
         hub.add(self)
     }
 
@@ -72,7 +69,7 @@ final class LogStreamSource: HTTPStreamSource, @unchecked Sendable {
         closed = true
         waker = nil
         lock.unlock()
-        subscription?.cancel()
+        reader.cancel()
         hub.remove(self)
         counter.add(-1, tenant: tenant)
     }
@@ -101,6 +98,10 @@ final class LogStreamSource: HTTPStreamSource, @unchecked Sendable {
                 appendEnd(info, lastSeq: lastSeq, to: &out)
                 ended = true
                 return .bytes(out)
+            case .failed(let why):
+                LogStreamSource.appendError(why, to: &out)
+                ended = true
+                return .bytes(out)
             case .wait:
                 if !out.isEmpty { return .bytes(out) }
                 lock.lock()
@@ -114,38 +115,18 @@ final class LogStreamSource: HTTPStreamSource, @unchecked Sendable {
         return .bytes(out)
     }
 
-    /// Lines after the cursor: from the live log when there is one, else from the store.
     /// Text streams take the broker's ready-made frames, up to `maxBytes` (at least one).
     private func nextLines(max: Int, maxBytes: Int) -> LogRead {
-        if let sub = subscription {
-            return next(sub, max: max, maxBytes: maxBytes)
-        }
-        let stored = LogBudget.trim((try? store.lines(id, after: cursor, limit: 64)) ?? [], to: LogStreamSource.readBudget)
-        if !stored.isEmpty { return .lines(stored) }
-        if let r = try? store.get(id), r.status.isTerminal {
-            return .end(EndInfo(record: r), lastSeq: Swift.max(cursor, r.logLines))
-        }
-        // Not terminal but no live log yet (just submitted): attach to the broker.
-        if let sub = broker.subscription(id, after: cursor) {
-            lock.lock()
-            let w = waker
-            lock.unlock()
-            if let w { sub.setWaker(w) }
-            subscription = sub
-            return next(sub, max: max, maxBytes: maxBytes)
-        }
-        // Between the store write and the broker (rare): look again shortly.
-        lock.lock()
-        let w = waker
-        lock.unlock()
-        if let w { DispatchQueue.global().asyncAfter(deadline: .now() + .milliseconds(20)) { w() } }
-        return .wait
+        format == .text
+            ? reader.next(max: max, maxBytes: Swift.min(maxBytes, LogStreamSource.readBudget), framed: true)
+            : reader.next(max: max, maxBytes: LogStreamSource.readBudget)
     }
 
-    private func next(_ sub: LogSubscription, max: Int, maxBytes: Int) -> LogRead {
-        format == .text
-            ? sub.next(max: max, maxBytes: Swift.min(maxBytes, LogStreamSource.readBudget), framed: true)
-            : sub.next(max: max, maxBytes: LogStreamSource.readBudget)
+    /// Ends a stream that cannot go on: not an `end`, which would claim the log is complete.
+    static func appendError(_ why: String, to out: inout [UInt8]) {
+        out.append(contentsOf: "event: error\ndata: ".utf8)
+        JSON.object([("code", .string("storage")), ("message", .string(why))]).write(to: &out)
+        out.append(contentsOf: "\n\n".utf8)
     }
 
     /// The SSE event of a text stream: the broker encodes each live line with it once.

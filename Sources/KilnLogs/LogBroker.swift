@@ -10,13 +10,20 @@ public enum LogRead: Sendable {
     case wait
     /// The workload ended and every line up to `lastSeq` was delivered.
     case end(EndInfo, lastSeq: Int64)
+    /// The store could not be read: the reader must stop here, without an `end` (which
+    /// would claim lines it never got), so that its client resumes from its last line.
+    case failed(String)
 }
 
 /// Encodes a line once for every subscriber (an SSE event, say).
 public typealias LogFrameEncoder = @Sendable (LogLine) -> [UInt8]
 
-/// Reads stored lines for a subscriber that fell behind the in-memory window.
-public typealias LogHistory = @Sendable (_ workloadID: String, _ after: Int64, _ limit: Int) -> [LogLine]
+/// Reads stored lines for a reader behind the in-memory window, or of a finished workload.
+public typealias LogHistory = @Sendable (_ workloadID: String, _ after: Int64, _ limit: Int) throws -> [LogLine]
+
+/// The end of a workload whose live log is gone, from its stored record: nil while it is
+/// not terminal (submitted but not yet open in the broker).
+public typealias LogEnding = @Sendable (_ workloadID: String) throws -> EndInfo?
 
 /// Keeps a batch of lines within a byte budget (always at least one line).
 public enum LogBudget {
@@ -43,6 +50,7 @@ public final class LogBroker: @unchecked Sendable {
     private let lock = NSLock()
     private var logs: [String: WorkloadLog] = [:]
     private let history: LogHistory?
+    private let ending: LogEnding?
     private let frame: LogFrameEncoder?
     let windowLines: Int
 
@@ -51,15 +59,18 @@ public final class LogBroker: @unchecked Sendable {
     /// - Parameters:
     ///   - windowLines: persisted lines kept in memory per workload for fast readers.
     ///   - windowBytes: and at most this many bytes of them.
-    ///   - history: where lines older than the window are read from.
+    ///   - history: where lines older than the window, and those of finished workloads,
+    ///     are read from.
+    ///   - ending: the stored end of a workload that has no live log.
     ///   - frame: encodes each line once as it is published; subscribers that ask for
     ///     frames get copies of these bytes instead of encoding every line themselves
     ///     (at 1,000 subscribers that is 999 encodings saved per line).
     public init(windowLines: Int = 65_536, windowBytes: Int = 8 << 20, history: LogHistory? = nil,
-                frame: LogFrameEncoder? = nil) {
+                ending: LogEnding? = nil, frame: LogFrameEncoder? = nil) {
         self.windowLines = max(1, windowLines)
         self.windowBytes = max(1, windowBytes)
         self.history = history
+        self.ending = ending
         self.frame = frame
     }
 
@@ -119,17 +130,19 @@ public final class LogBroker: @unchecked Sendable {
         return LogSubscription(log: log, after: after ?? log.lastSeq)
     }
 
-    /// A stream of the lines published from now on; it finishes at `close`.
-    public func subscribe(_ id: String) -> (lines: AsyncStream<LogLine>, unsubscribe: @Sendable () -> Void) {
-        let (stream, continuation) = AsyncStream<LogLine>.makeStream(bufferingPolicy: .unbounded)
-        guard let sub = subscription(id, after: nil) else {
-            continuation.finish()
-            return (stream, {})
-        }
-        let pump = SubscriptionPump(sub, continuation)
-        continuation.onTermination = { _ in sub.cancel() }
-        pump.start()
-        return (stream, { sub.cancel(); continuation.finish() })
+    /// A reader of a workload's whole log from `after` on, live or finished: the one
+    /// catch-up path. While the workload runs it reads the live window (and the store
+    /// behind it); once it is finished, the store and then the stored end.
+    public func cursor(_ id: String, after: Int64) -> LogCursor {
+        LogCursor(broker: self, id: id, after: after)
+    }
+
+    func storedLines(_ id: String, after: Int64, limit: Int) throws -> [LogLine]? {
+        try history?(id, after, limit)
+    }
+
+    func storedEnd(_ id: String) throws -> EndInfo? {
+        try ending?(id)
     }
 
     /// Number of live logs (for tests and stats).
@@ -242,7 +255,12 @@ public final class WorkloadLog: @unchecked Sendable {
         if cursor < firstInWindow - 1, let history {
             lock.unlock()
             // Behind the window: these lines are persisted.
-            let lines = history(id, cursor, Swift.min(max, 64, Int(firstInWindow - 1 - cursor)))
+            let lines: [LogLine]
+            do {
+                lines = try history(id, cursor, Swift.min(max, 64, Int(firstInWindow - 1 - cursor)))
+            } catch {
+                return .failed("cannot read stored lines of \(id): \(error)")
+            }
             if !lines.isEmpty { return .lines(LogBudget.trim(lines, to: maxBytes)) }
             // The store did not answer: never skip ahead to the window; try again later.
             if let wake { DispatchQueue.global().asyncAfter(deadline: .now() + .milliseconds(50)) { wake() } }
@@ -329,7 +347,7 @@ public final class LogSubscription: @unchecked Sendable {
         switch result {
         case .lines(let lines): if let last = lines.last { cursor = last.seq }
         case .frames(_, let last): cursor = last
-        case .wait, .end: break
+        case .wait, .end, .failed: break
         }
         return result
     }
@@ -341,40 +359,5 @@ public final class LogSubscription: @unchecked Sendable {
         waker = nil
         lock.unlock()
         log.removeWaiter(ObjectIdentifier(self))
-    }
-}
-
-/// Moves lines from a subscription into an AsyncStream whenever the subscription wakes.
-private final class SubscriptionPump: @unchecked Sendable {
-    let sub: LogSubscription
-    let continuation: AsyncStream<LogLine>.Continuation
-    // Serializes reads of the subscription.
-    let queue = DispatchQueue(label: "kiln.broker.pump")
-
-    init(_ sub: LogSubscription, _ continuation: AsyncStream<LogLine>.Continuation) {
-        self.sub = sub
-        self.continuation = continuation
-    }
-
-    func start() {
-        sub.setWaker { [self] in queue.async { self.drain() } }
-        queue.async { self.drain() }
-    }
-
-    private func drain() {
-        while true {
-            switch sub.next() {
-            case .lines(let lines):
-                for l in lines { continuation.yield(l) }
-            case .frames:
-                preconditionFailure("the pump never asks for frames")
-            case .wait:
-                return
-            case .end:
-                continuation.finish()
-                sub.cancel()
-                return
-            }
-        }
     }
 }

@@ -50,12 +50,9 @@ struct ServeCommand: ParsableCommand {
         let registry = PrometheusCollectorRegistry()
         MetricsSystem.bootstrap(PrometheusMetricsFactory(registry: registry))
         let runner = ServerRunner(config: config, logger: Logger(label: "kiln"), metricsText: { registry.emitToBuffer() })
-        do {
-            try runner.start()
-        } catch {
-            Self.fail("\(error)")
-        }
-        // SIGTERM and SIGINT: a graceful stop, then exit 0.
+        // SIGTERM and SIGINT: a graceful stop, then exit 0. Installed before the server
+        // starts, so that a signal sent as soon as the listening line shows is never lost
+        // (ignored with no source yet, it would leave the server running).
         var sources: [DispatchSourceSignal] = []
         for sig in [SIGTERM, SIGINT] {
             signal(sig, SIG_IGN)
@@ -66,6 +63,11 @@ struct ServeCommand: ParsableCommand {
             }
             source.resume()
             sources.append(source)
+        }
+        do {
+            try runner.start()
+        } catch {
+            Self.fail("\(error)")
         }
         withExtendedLifetime(sources) { dispatchMain() }
     }

@@ -18,7 +18,7 @@ final class EngineHarness: @unchecked Sendable {
     init(maxConcurrent: Int = 4, queueLimit: Int = 100) throws {
         let store = try SQLiteStore(path: ":memory:")
         self.store = store
-        broker = LogBroker(history: { id, after, limit in (try? store.lines(id, after: after, limit: limit)) ?? [] })
+        broker = LogBroker(history: { id, after, limit in try store.lines(id, after: after, limit: limit) })
         let root = NSTemporaryDirectory() + "kiln-engine-test-\(UUID().uuidString.prefix(8))"
         engine = Engine(store: store, broker: broker, backends: [ProcessBackend(workRoot: root)],
                         config: EngineConfig(maxConcurrent: maxConcurrent, queueLimit: queueLimit, workRoot: root,

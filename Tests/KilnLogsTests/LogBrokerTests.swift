@@ -128,6 +128,7 @@ import KilnCore
                 frames.append(String(decoding: bytes, as: UTF8.self))
                 #expect(sub.cursor == last)
             case .wait, .end: break loop
+            case .failed(let why): Issue.record("\(why)"); break loop
             }
         }
         #expect(lines == (1...20).map { Int64($0) })
