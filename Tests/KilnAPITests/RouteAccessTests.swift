@@ -1,4 +1,6 @@
 import Foundation
+import KilnHTTP
+import Synchronization
 import Logging
 import Testing
 import KilnLogs
@@ -68,4 +70,31 @@ import KilnTestSupport
 
 extension Permission {
     static let allCasesForTest: [Permission] = [.read, .submit, .kill, .admin]
+}
+
+/// Requests that touch the store are answered from the store queue, never on the daemon
+/// thread that called `respond`: their answer is always deferred.
+@Suite(.timeLimit(.minutes(10))) struct StoreOffloadTests {
+    @Test func storeRoutesAnswerLater() throws {
+        let store = try SQLiteStore(path: ":memory:")
+        let engine = Engine(store: store, broker: LogBroker(), backends: [],
+                            config: EngineConfig(maxConcurrent: 1, queueLimit: 1, workRoot: NSTemporaryDirectory() + "kiln-offload"),
+                            logger: Logger(label: "test"))
+        let api = KilnAPI(config: try ServerConfig.resolve(flags: [:], environment: [:]), engine: engine,
+                          logger: Logger(label: "test"), version: "test", metricsText: { [] }, accessLog: { _ in })
+        let id = "01JKQX7V8MZRN3B4HTGFWDCS9E"
+        for (method, path) in [("GET", "/v1/workloads"), ("GET", "/v1/workloads/\(id)"), ("GET", "/v1/workloads/\(id)/logs"),
+                               ("GET", "/v1/workloads/\(id)/logs/history"), ("GET", "/v1/stats"), ("DELETE", "/v1/workloads/\(id)"),
+                               ("POST", "/v1/workloads/async"), ("POST", "/v1/workloads")] {
+            let result = api.respond(to: HTTPRequest(method: method, path: path, body: Array(#"{"runtime": "shell", "code": "true"}"#.utf8)))
+            guard case .later(let promise) = result else { Issue.record("\(method) \(path) was answered on the calling thread"); continue }
+            let done = DispatchSemaphore(value: 0)
+            let status = Mutex(0)
+            promise.onResolve { r in status.withLock { $0 = r.status }; done.signal() }
+            #expect(done.wait(timeout: .now() + 10) == .success, "\(method) \(path) never answered")
+            #expect(status.withLock { $0 } >= 200, "\(method) \(path)")
+        }
+        // What needs no store is answered at once.
+        guard case .now = api.respond(to: HTTPRequest(method: "GET", path: "/healthz")) else { Issue.record("healthz deferred"); return }
+    }
 }
