@@ -134,6 +134,42 @@ public struct WorkloadRecord: Sendable, Equatable {
     }
 }
 
+extension WorkloadRecord {
+    /// The record read back from its JSON (`json`): the mapping both ways lives here, for
+    /// the server and the CLI alike.
+    public init(json: JSON) throws(JSONMappingError) {
+        guard let id = json["id"]?.stringValue else { throw JSONMappingError("a workload record without an id") }
+        guard let status = json["status"]?.stringValue.flatMap(WorkloadStatus.init(rawValue:)) else {
+            throw JSONMappingError("workload \(id): no valid status")
+        }
+        guard let created = json["created_at"]?.stringValue.flatMap(Millis.parse) else {
+            throw JSONMappingError("workload \(id): no valid created_at")
+        }
+        let r = json["resources"]
+        func time(_ key: String) -> Int64? { json[key]?.stringValue.flatMap(Millis.parse) }
+        self.init(id: id, status: status,
+                  runtime: json["runtime"]?.stringValue.flatMap(Runtime.init(rawValue:)) ?? .shell,
+                  isolation: json["isolation"]?.stringValue.flatMap(Isolation.init(rawValue:)) ?? .auto,
+                  isolationUsed: json["isolation_used"]?.stringValue.flatMap(Isolation.init(rawValue:)),
+                  exitCode: json["exit_code"]?.int64Value.map { Int($0) },
+                  outputJSON: json["output"]?.text ?? "null",
+                  outputTruncated: json["output_truncated"]?.boolValue ?? false,
+                  error: json["error"]?.stringValue,
+                  resources: Resources(cpus: Int(r?["cpus"]?.int64Value ?? 1), memMB: Int(r?["mem_mb"]?.int64Value ?? 0),
+                                       timeoutS: Int(r?["timeout_s"]?.int64Value ?? 0)),
+                  logLines: json["log_lines"]?.int64Value ?? 0,
+                  durationMs: json["duration_ms"]?.int64Value,
+                  createdAt: created, startedAt: time("started_at"), finishedAt: time("finished_at"),
+                  tenant: json["tenant"]?.stringValue ?? "default")
+    }
+}
+
+/// A JSON document that does not map onto a model.
+public struct JSONMappingError: Error, CustomStringConvertible, Sendable {
+    public var description: String
+    public init(_ description: String) { self.description = description }
+}
+
 /// What a finished workload's stream reports in its `end` event.
 public struct EndInfo: Sendable, Equatable {
     public var status: WorkloadStatus
@@ -155,5 +191,12 @@ public struct EndInfo: Sendable, Equatable {
     public var json: JSON {
         .object([("status", .string(status.rawValue)), ("exit_code", exitCode.map { .int(Int64($0)) } ?? .null),
                  ("error", error.map { .string($0) } ?? .null), ("log_lines", .int(logLines))])
+    }
+
+    /// `json` read back (an unknown status reads as `failed`).
+    public init(json: JSON) {
+        self.init(status: WorkloadStatus(rawValue: json["status"]?.stringValue ?? "") ?? .failed,
+                  exitCode: json["exit_code"]?.int64Value.map { Int($0) }, error: json["error"]?.stringValue,
+                  logLines: json["log_lines"]?.int64Value ?? 0)
     }
 }

@@ -247,12 +247,6 @@ extension LogLine {
 }
 
 extension EndInfo {
-    init(json: JSON) {
-        self.init(status: WorkloadStatus(rawValue: json["status"]?.stringValue ?? "") ?? .failed,
-                  exitCode: json["exit_code"]?.int64Value.map { Int($0) }, error: json["error"]?.stringValue,
-                  logLines: json["log_lines"]?.int64Value ?? 0)
-    }
-
     /// The exit code a CLI reports for this workload.
     var cliExitCode: Int32 {
         if let exitCode { return Int32(truncatingIfNeeded: exitCode) }
@@ -260,25 +254,3 @@ extension EndInfo {
     }
 }
 
-extension WorkloadRecord {
-    init(json: JSON) throws {
-        guard let id = json["id"]?.stringValue, let status = json["status"]?.stringValue.flatMap(WorkloadStatus.init(rawValue:)) else {
-            throw ClientError(description: "the server sent a record without id or status")
-        }
-        let r = json["resources"]
-        self.init(id: id, status: status,
-                  runtime: json["runtime"]?.stringValue.flatMap(Runtime.init(rawValue:)) ?? .shell,
-                  isolation: json["isolation"]?.stringValue.flatMap(Isolation.init(rawValue:)) ?? .auto,
-                  isolationUsed: json["isolation_used"]?.stringValue.flatMap(Isolation.init(rawValue:)),
-                  exitCode: json["exit_code"]?.int64Value.map { Int($0) },
-                  outputJSON: json["output"]?.text ?? "null",
-                  outputTruncated: json["output_truncated"]?.boolValue ?? false,
-                  error: json["error"]?.stringValue,
-                  resources: Resources(cpus: Int(r?["cpus"]?.int64Value ?? 1), memMB: Int(r?["mem_mb"]?.int64Value ?? 0),
-                                       timeoutS: Int(r?["timeout_s"]?.int64Value ?? 0)),
-                  logLines: json["log_lines"]?.int64Value ?? 0,
-                  durationMs: json["duration_ms"]?.int64Value,
-                  createdAt: 0,
-                  tenant: json["tenant"]?.stringValue ?? "default")
-    }
-}

@@ -81,3 +81,31 @@ import Testing
         }
     }
 }
+
+/// The model's JSON mapping goes both ways without loss (the CLI reads what the server writes).
+@Suite(.timeLimit(.minutes(10))) struct ModelMappingTests {
+    @Test func aRecordSurvivesItsJSON() throws {
+        let full = WorkloadRecord(id: "01JKQX7V8MZRN3B4HTGFWDCS9E", status: .failed, runtime: .python, isolation: .auto,
+                                  isolationUsed: .sandbox, exitCode: 3, outputJSON: #"{"a":[1,"x"]}"#, outputTruncated: true,
+                                  error: "exited with code 3", resources: Resources(cpus: 2, memMB: 512, timeoutS: 60),
+                                  logLines: 12, durationMs: 41, createdAt: 1_780_000_000_123, startedAt: 1_780_000_000_125,
+                                  finishedAt: 1_780_000_000_166, tenant: "team-a")
+        #expect(try WorkloadRecord(json: try JSON.parse(full.json.encoded())) == full)
+        let bare = WorkloadRecord(id: "01JKQX7V8MZRN3B4HTGFWDCS9F", status: .pending, runtime: .shell, isolation: .gvisor,
+                                  resources: Resources(cpus: 1, memMB: 256, timeoutS: 30), createdAt: 1_780_000_000_000)
+        #expect(try WorkloadRecord(json: try JSON.parse(bare.json.encoded())) == bare)
+        #expect(throws: JSONMappingError.self) { try WorkloadRecord(json: .object([("id", .string("x"))])) }
+        let end = EndInfo(status: .killed, exitCode: nil, error: "killed by request", logLines: 4)
+        #expect(EndInfo(json: try JSON.parse(end.json.encoded())) == end)
+    }
+
+    @Test func timesReadBackAsWritten() {
+        for ms: Int64 in [0, 1, 999, 1_780_000_000_123, 4_102_444_799_999] {
+            #expect(Millis.parse(Millis.rfc3339(ms)) == ms)
+        }
+        #expect(Millis.parse("2026-11-26T06:00:00Z") == Millis.parse("2026-11-26T06:00:00.000Z"))
+        for bad in ["", "2026-11-26", "2026-11-26T06:00:00.000", "2026-11-26T06:00:00.00Z", "20x6-11-26T06:00:00.000Z"] {
+            #expect(Millis.parse(bad) == nil, "\(bad)")
+        }
+    }
+}
