@@ -1,4 +1,5 @@
 import Foundation
+import Synchronization
 import KilnCore
 import KilnLogs
 import KilnEngine
@@ -171,14 +172,18 @@ final class LogStreamSource: HTTPStreamSource, @unchecked Sendable {
 /// comment and streams whose client vanished are found and freed. The streams are spread
 /// over ten slots a tenth of the interval apart: waking 19,000 at one instant stalls the
 /// daemon threads for everything else.
+///
+/// `@unchecked Sendable` only for `timer` (a DispatchSourceTimer, thread-safe but not
+/// marked Sendable); the streams are in a `Mutex`.
 final class HeartbeatHub: @unchecked Sendable {
     static let slots = 10
-    // Guarded by `lock`.
-    private let lock = NSLock()
-    private var sources: [[ObjectIdentifier: LogStreamSource]] = Array(repeating: [:], count: HeartbeatHub.slots)
-    private var slotOf: [ObjectIdentifier: Int] = [:]
-    private var nextSlot = 0
-    private var tick = 0
+    private struct State {
+        var sources: [[ObjectIdentifier: LogStreamSource]] = Array(repeating: [:], count: HeartbeatHub.slots)
+        var slotOf: [ObjectIdentifier: Int] = [:]
+        var nextSlot = 0
+        var tick = 0
+    }
+    private let state = Mutex(State())
     private let timer: DispatchSourceTimer
 
     init(intervalSeconds: Int) {
@@ -191,28 +196,28 @@ final class HeartbeatHub: @unchecked Sendable {
 
     deinit { timer.cancel() }
 
-    func add(_ s: LogStreamSource) {
-        lock.lock()
-        let slot = nextSlot
-        nextSlot = (nextSlot + 1) % HeartbeatHub.slots
-        sources[slot][ObjectIdentifier(s)] = s
-        slotOf[ObjectIdentifier(s)] = slot
-        lock.unlock()
+    func add(_ source: LogStreamSource) {
+        state.withLock { s in
+            let slot = s.nextSlot
+            s.nextSlot = (s.nextSlot + 1) % HeartbeatHub.slots
+            s.sources[slot][ObjectIdentifier(source)] = source
+            s.slotOf[ObjectIdentifier(source)] = slot
+        }
     }
 
-    func remove(_ s: LogStreamSource) {
-        lock.lock()
-        if let slot = slotOf.removeValue(forKey: ObjectIdentifier(s)) {
-            sources[slot][ObjectIdentifier(s)] = nil
+    func remove(_ source: LogStreamSource) {
+        state.withLock { s in
+            if let slot = s.slotOf.removeValue(forKey: ObjectIdentifier(source)) {
+                s.sources[slot][ObjectIdentifier(source)] = nil
+            }
         }
-        lock.unlock()
     }
 
     private func beat() {
-        lock.lock()
-        let due = Array(sources[tick].values)
-        tick = (tick + 1) % HeartbeatHub.slots
-        lock.unlock()
-        for s in due { s.heartbeat() }
+        let due = state.withLock { s in
+            defer { s.tick = (s.tick + 1) % HeartbeatHub.slots }
+            return Array(s.sources[s.tick].values)
+        }
+        for source in due { source.heartbeat() }
     }
 }

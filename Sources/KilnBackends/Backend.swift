@@ -1,4 +1,5 @@
 import Foundation
+import Synchronization
 import KilnCore
 import KilnLogs
 
@@ -89,40 +90,35 @@ public enum CancelReason: Sendable {
 }
 
 /// A cancellation a backend honours: it registers what stops its run.
-public final class Cancellation: @unchecked Sendable {
-    // Guarded by `lock`.
-    private let lock = NSLock()
-    private var reasonValue: CancelReason?
-    private var handlers: [@Sendable () -> Void] = []
+public final class Cancellation: Sendable {
+    private struct State {
+        var reason: CancelReason?
+        var handlers: [@Sendable () -> Void] = []
+    }
+    private let state = Mutex(State())
 
     public init() {}
 
-    public var reason: CancelReason? {
-        lock.lock()
-        defer { lock.unlock() }
-        return reasonValue
-    }
+    public var reason: CancelReason? { state.withLock { $0.reason } }
 
     public func cancel(_ reason: CancelReason) {
-        lock.lock()
-        if reasonValue != nil { lock.unlock(); return }
-        reasonValue = reason
-        let hs = handlers
-        handlers.removeAll()
-        lock.unlock()
-        for h in hs { h() }
+        let handlers = state.withLock { s -> [@Sendable () -> Void] in
+            guard s.reason == nil else { return [] }
+            s.reason = reason
+            defer { s.handlers.removeAll() }
+            return s.handlers
+        }
+        for h in handlers { h() }
     }
 
     /// Runs `handler` on cancellation, at once when already cancelled.
     public func onCancel(_ handler: @escaping @Sendable () -> Void) {
-        lock.lock()
-        if reasonValue != nil {
-            lock.unlock()
-            handler()
-            return
+        let now = state.withLock { s -> Bool in
+            if s.reason != nil { return true }
+            s.handlers.append(handler)
+            return false
         }
-        handlers.append(handler)
-        lock.unlock()
+        if now { handler() }
     }
 }
 

@@ -1,33 +1,32 @@
 import Foundation
+import Synchronization
 
 /// Monotonic ULIDs: 48-bit milliseconds then 80 random bits, Crockford base32.
 /// Within one millisecond the random part increments, so ids sort in creation order.
-public final class ULIDGenerator: @unchecked Sendable {
+public final class ULIDGenerator: Sendable {
     private static let alphabet = Array("0123456789ABCDEFGHJKMNPQRSTVWXYZ".utf8)
-    // Guarded by `lock`.
-    private let lock = NSLock()
-    private var lastMillis: UInt64 = 0
-    private var lastRandom: (UInt16, UInt64) = (0, 0)
+    private struct Last {
+        var millis: UInt64 = 0
+        var high: UInt16 = 0
+        var low: UInt64 = 0
+    }
+    private let last = Mutex(Last())
 
     public init() {}
 
     public func next(now: Date = Date()) -> String {
-        var millis = UInt64(max(0, now.timeIntervalSince1970 * 1000))
-        lock.lock()
-        var random: (UInt16, UInt64)
-        if millis <= lastMillis {
-            millis = lastMillis
-            random = lastRandom
-            random.1 &+= 1
-            if random.1 == 0 { random.0 &+= 1 }
-        } else {
-            var rng = SystemRandomNumberGenerator()
-            random = (UInt16.random(in: 0...UInt16.max, using: &rng), rng.next())
+        let wanted = UInt64(max(0, now.timeIntervalSince1970 * 1000))
+        let (millis, high, low) = last.withLock { last -> (UInt64, UInt16, UInt64) in
+            if wanted <= last.millis {
+                last.low &+= 1
+                if last.low == 0 { last.high &+= 1 }
+            } else {
+                var rng = SystemRandomNumberGenerator()
+                last = Last(millis: wanted, high: UInt16.random(in: 0...UInt16.max, using: &rng), low: rng.next())
+            }
+            return (last.millis, last.high, last.low)
         }
-        lastMillis = millis
-        lastRandom = random
-        lock.unlock()
-        return ULIDGenerator.encode(millis: millis, high: random.0, low: random.1)
+        return ULIDGenerator.encode(millis: millis, high: high, low: low)
     }
 
     static func encode(millis: UInt64, high: UInt16, low: UInt64) -> String {

@@ -6,6 +6,7 @@ import KilnEngine
 import KilnStore
 import KilnHTTP
 import Logging
+import Synchronization
 
 /// The fuzz target over Kiln's request decoding and routing (reliability check R3):
 /// `kiln-fuzz` calls `check` from libFuzzer (`make fuzz`), and a unit test replays the
@@ -338,16 +339,14 @@ public final class FuzzHarness: @unchecked Sendable {
     static func shown(_ s: String) -> String { shown(Array(s.utf8)) }
 }
 
-private final class ResponseBox: @unchecked Sendable {
-    private let lock = NSLock()
-    private var response: HTTPResponse?
-    func set(_ r: HTTPResponse) { lock.lock(); response = r; lock.unlock() }
-    var value: HTTPResponse? { lock.lock(); defer { lock.unlock() }; return response }
+private final class ResponseBox: Sendable {
+    private let response = Mutex<HTTPResponse?>(nil)
+    func set(_ r: HTTPResponse) { response.withLock { $0 = r } }
+    var value: HTTPResponse? { response.withLock { $0 } }
 }
 
-private final class LineBox: @unchecked Sendable {
-    private let lock = NSLock()
-    private var line: String?
-    func set(_ l: String?) { lock.lock(); line = l; lock.unlock() }
-    var value: String? { lock.lock(); defer { lock.unlock() }; return line }
+private final class LineBox: Sendable {
+    private let line = Mutex<String?>(nil)
+    func set(_ l: String?) { line.withLock { $0 = l } }
+    var value: String? { line.withLock { $0 } }
 }

@@ -1,5 +1,6 @@
 import Foundation
 import KilnCore
+import Synchronization
 
 /// What a subscriber reads next.
 public enum LogRead: Sendable {
@@ -45,10 +46,8 @@ public enum LogBudget {
 /// calls the wakers of the subscribers that were waiting. Memory does not grow with
 /// the number of subscribers; a subscriber that falls behind the window (lines already
 /// persisted and evicted) catches up from the store through `history`.
-public final class LogBroker: @unchecked Sendable {
-    // Guarded by `lock`.
-    private let lock = NSLock()
-    private var logs: [String: WorkloadLog] = [:]
+public final class LogBroker: Sendable {
+    private let logs = Mutex<[String: WorkloadLog]>([:])
     private let history: LogHistory?
     private let ending: LogEnding?
     private let frame: LogFrameEncoder?
@@ -77,18 +76,16 @@ public final class LogBroker: @unchecked Sendable {
     /// Starts the log of a workload (idempotent).
     @discardableResult
     public func open(_ id: String) -> WorkloadLog {
-        lock.lock()
-        defer { lock.unlock() }
-        if let log = logs[id] { return log }
-        let log = WorkloadLog(id: id, windowLines: windowLines, windowBytes: windowBytes, history: history, frame: frame)
-        logs[id] = log
-        return log
+        logs.withLock { logs in
+            if let log = logs[id] { return log }
+            let log = WorkloadLog(id: id, windowLines: windowLines, windowBytes: windowBytes, history: history, frame: frame)
+            logs[id] = log
+            return log
+        }
     }
 
     public func log(_ id: String) -> WorkloadLog? {
-        lock.lock()
-        defer { lock.unlock() }
-        return logs[id]
+        logs.withLock { $0[id] }
     }
 
     /// Appends lines (their seqs must follow the last one) and wakes waiting subscribers.
@@ -108,18 +105,16 @@ public final class LogBroker: @unchecked Sendable {
 
     /// Ends the log: every subscriber reads what is left, then `end`.
     public func close(_ id: String, end: EndInfo) {
-        lock.lock()
-        let log = logs.removeValue(forKey: id)
-        lock.unlock()
+        let log = logs.withLock { $0.removeValue(forKey: id) }
         log?.close(end)
     }
 
     /// Ends every open log (server shutdown); `end` gets the id and the last seq.
     public func closeAll(_ end: (String, Int64) -> EndInfo) {
-        lock.lock()
-        let all = logs
-        logs.removeAll()
-        lock.unlock()
+        let all = logs.withLock { logs in
+            defer { logs.removeAll() }
+            return logs
+        }
         for (id, log) in all { log.close(end(id, log.lastSeq)) }
     }
 
@@ -146,11 +141,7 @@ public final class LogBroker: @unchecked Sendable {
     }
 
     /// Number of live logs (for tests and stats).
-    public var openCount: Int {
-        lock.lock()
-        defer { lock.unlock() }
-        return logs.count
-    }
+    public var openCount: Int { logs.withLock { $0.count } }
 }
 
 /// The in-memory log of one live workload.
@@ -317,13 +308,14 @@ public final class WorkloadLog: @unchecked Sendable {
 }
 
 /// A subscriber's cursor. Read it from one thread at a time.
+///
+/// `@unchecked Sendable`: `cursor` is touched only by the single reader (the daemon calls a
+/// stream's reads one at a time); the waker is in a `Mutex`.
 public final class LogSubscription: @unchecked Sendable {
     public let log: WorkloadLog
-    // `cursor` is touched only by the single reader; `waker` and `cancelled` are guarded by `lock`.
     public private(set) var cursor: Int64
-    private let lock = NSLock()
-    private var waker: (@Sendable () -> Void)?
-    private var cancelled = false
+    /// nil once cancelled, or before a waker was set.
+    private let waker = Mutex<(waker: (@Sendable () -> Void)?, cancelled: Bool)>((nil, false))
 
     init(log: WorkloadLog, after: Int64) {
         self.log = log
@@ -332,16 +324,12 @@ public final class LogSubscription: @unchecked Sendable {
 
     /// The closure called (from any thread) when `next` answered `.wait` and something arrived.
     public func setWaker(_ waker: @escaping @Sendable () -> Void) {
-        lock.lock()
-        self.waker = waker
-        lock.unlock()
+        self.waker.withLock { $0.waker = waker }
     }
 
     /// The next lines; with `framed`, lines still in the window come encoded (`.frames`).
     public func next(max: Int = 512, maxBytes: Int = 1 << 20, framed: Bool = false) -> LogRead {
-        lock.lock()
-        let wake = cancelled ? nil : waker
-        lock.unlock()
+        let wake = waker.withLock { $0.cancelled ? nil : $0.waker }
         let result = log.read(after: cursor, max: max, maxBytes: maxBytes, framed: framed,
                               waiter: ObjectIdentifier(self), wake: wake)
         switch result {
@@ -354,10 +342,7 @@ public final class LogSubscription: @unchecked Sendable {
 
     /// Unsubscribes: no waker is called after this returns.
     public func cancel() {
-        lock.lock()
-        cancelled = true
-        waker = nil
-        lock.unlock()
+        waker.withLock { $0 = (nil, true) }
         log.removeWaiter(ObjectIdentifier(self))
     }
 }

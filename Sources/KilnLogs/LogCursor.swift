@@ -1,5 +1,6 @@
 import Foundation
 import KilnCore
+import Synchronization
 
 /// A reader of one workload's log from a seq on, whether the workload still runs or
 /// ended long ago: what every stream reads through. Read it from one thread at a time.
@@ -8,16 +9,15 @@ import KilnCore
 /// store behind it). Without one it reads the store, then the stored end; a workload that
 /// is stored but not yet open in the broker (the instant after it was submitted) is
 /// looked for again shortly. A store error answers `.failed`, never a premature `.end`.
+///
+/// `@unchecked Sendable`: `cursor` and `subscription` are touched only by the single
+/// reader; the waker is in a `Mutex`.
 public final class LogCursor: @unchecked Sendable {
-    // `cursor` and `subscription` are touched only by the single reader; `waker` and
-    // `cancelled` are guarded by `lock`.
     public let id: String
     public private(set) var cursor: Int64
     private let broker: LogBroker
     private var subscription: LogSubscription?
-    private let lock = NSLock()
-    private var waker: (@Sendable () -> Void)?
-    private var cancelled = false
+    private let waker = Mutex<(waker: (@Sendable () -> Void)?, cancelled: Bool)>((nil, false))
 
     init(broker: LogBroker, id: String, after: Int64) {
         self.broker = broker
@@ -31,11 +31,11 @@ public final class LogCursor: @unchecked Sendable {
 
     /// Called (from any thread) when `next` answered `.wait` and something arrived.
     public func setWaker(_ waker: @escaping @Sendable () -> Void) {
-        lock.lock()
-        self.waker = waker
-        lock.unlock()
+        self.waker.withLock { $0.waker = waker }
         subscription?.setWaker(waker)
     }
+
+    private var currentWaker: (@Sendable () -> Void)? { waker.withLock { $0.cancelled ? nil : $0.waker } }
 
     /// The next lines; with `framed`, lines still in the live window come encoded.
     public func next(max: Int = 512, maxBytes: Int = 1 << 20, framed: Bool = false) -> LogRead {
@@ -64,28 +64,19 @@ public final class LogCursor: @unchecked Sendable {
         if let end { return .end(end, lastSeq: Swift.max(cursor, end.logLines)) }
         // Not terminal and not live yet: just submitted. Attach when the broker has it.
         if let sub = broker.subscription(id, after: cursor) {
-            lock.lock()
-            let w = cancelled ? nil : waker
-            lock.unlock()
-            if let w { sub.setWaker(w) }
+            if let w = currentWaker { sub.setWaker(w) }
             subscription = sub
             let r = sub.next(max: max, maxBytes: maxBytes, framed: framed)
             cursor = sub.cursor
             return r
         }
-        lock.lock()
-        let w = cancelled ? nil : waker
-        lock.unlock()
-        if let w { DispatchQueue.global().asyncAfter(deadline: .now() + .milliseconds(20)) { w() } }
+        if let w = currentWaker { DispatchQueue.global().asyncAfter(deadline: .now() + .milliseconds(20)) { w() } }
         return .wait
     }
 
     /// No waker is called after this returns.
     public func cancel() {
-        lock.lock()
-        cancelled = true
-        waker = nil
-        lock.unlock()
+        waker.withLock { $0 = (nil, true) }
         subscription?.cancel()
     }
 }
