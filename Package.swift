@@ -104,7 +104,8 @@ let package = Package(
                                                             "KilnProcess", "KilnTestSupport"]),
         // Depends on the executable so that `swift test` builds the binary it runs (KILN_BIN overrides it).
         .testTarget(name: "KilnIntegrationTests", dependencies: ["KilnTestSupport", "KilnCore", "kiln"]),
-        .testTarget(name: "KilnAPITests", dependencies: ["KilnAPI", "KilnEngine", "KilnLogs", "KilnStore", "KilnTestSupport", "KilnFuzzSupport",
+        .testTarget(name: "KilnAPITests", dependencies: ["KilnAPI", "KilnEngine", "KilnLogs", "KilnStore", "KilnBackends", "KilnHTTP",
+                                                         "KilnTestSupport", "KilnFuzzSupport",
                                                          .product(name: "Logging", package: "swift-log")]),
     ],
     swiftLanguageModes: [.v6]
