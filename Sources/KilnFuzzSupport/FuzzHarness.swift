@@ -61,8 +61,7 @@ public final class FuzzHarness: @unchecked Sendable {
 
     public init() {
         let store = try! SQLiteStore(path: ":memory:")
-        let broker = LogBroker(history: { id, after, limit in try store.lines(id, after: after, limit: limit) },
-                               ending: { id in try store.get(id).flatMap { $0.status.isTerminal ? EndInfo(record: $0) : nil } })
+        let broker = LogBroker.backed(by: store)
         let quiet = Logger(label: "kiln-fuzz", factory: { _ in SwiftLogNoOpLogHandler() })
         engine = Engine(store: store, broker: broker, backends: [],
                         config: EngineConfig(maxConcurrent: 1, queueLimit: 1,

@@ -36,9 +36,7 @@ final class ServerRunner: @unchecked Sendable {
         SystemLimits.ignoreSIGPIPE()
         let files = SystemLimits.raiseOpenFileLimit()
         let store = try SQLiteStore(path: config.db)
-        let broker = LogBroker(history: { id, after, limit in try store.lines(id, after: after, limit: limit) },
-                               ending: { id in try store.get(id).flatMap { $0.status.isTerminal ? EndInfo(record: $0) : nil } },
-                               frame: KilnAPI.textFrame)
+        let broker = LogBroker.backed(by: store)
         // State and work folders live beside the database, so a restarted server finds and
         // removes what a killed one left; an in-memory database gets a fresh folder with an
         // unguessable name (a predictable path in /tmp could be prepared by another user).

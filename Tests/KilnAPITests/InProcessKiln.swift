@@ -34,9 +34,7 @@ final class InProcessKiln: Sendable {
         for (k, v) in env { environment[k] = v }
         let config = try ServerConfig.resolve(flags: [:], environment: environment)
         let store = try SQLiteStore(path: config.db)
-        let broker = LogBroker(history: { id, after, limit in try store.lines(id, after: after, limit: limit) },
-                               ending: { id in try store.get(id).flatMap { $0.status.isTerminal ? EndInfo(record: $0) : nil } },
-                               frame: KilnAPI.textFrame)
+        let broker = LogBroker.backed(by: store)
         let quiet = Logger(label: "in-process", factory: { _ in SwiftLogNoOpLogHandler() })
         engine = Engine(store: store, broker: broker, backends: [ProcessBackend(workRoot: "\(dir)/work")],
                         config: EngineConfig(maxConcurrent: 4, queueLimit: 100, workRoot: "\(dir)/work",

@@ -10,13 +10,7 @@ import KilnTestSupport
 /// docs/openapi.yaml validates, and documents exactly the routes the server registers.
 @Suite(.timeLimit(.minutes(10))) struct OpenAPITests {
     @Test func theDocumentValidatesAndMatchesTheRouter() throws {
-        let store = try SQLiteStore(path: ":memory:")
-        let engine = Engine(store: store, broker: LogBroker(), backends: [],
-                            config: EngineConfig(maxConcurrent: 1, queueLimit: 1, workRoot: NSTemporaryDirectory() + "kiln-openapi"),
-                            logger: Logger(label: "test"))
-        let config = try ServerConfig.resolve(flags: [:], environment: [:])
-        let api = KilnAPI(config: config, engine: engine, logger: Logger(label: "test"), version: "test",
-                          metricsText: { [] }, accessLog: { _ in })
+        let api = try TestAPI.make()
         let routes = api.routeTable.map { "\($0.method) \($0.template)" }
         #expect(routes.count == 11)
         let file = KilnServer.tempDir() + "/routes.txt"

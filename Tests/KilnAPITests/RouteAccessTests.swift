@@ -12,12 +12,7 @@ import KilnTestSupport
 /// Every route states who may call it, and only `/healthz` and `/metrics` are open.
 @Suite(.timeLimit(.minutes(10))) struct RouteAccessTests {
     @Test func everyRouteHasTheAccessRuleTheAccessTestsExpect() throws {
-        let store = try SQLiteStore(path: ":memory:")
-        let engine = Engine(store: store, broker: LogBroker(), backends: [],
-                            config: EngineConfig(maxConcurrent: 1, queueLimit: 1, workRoot: NSTemporaryDirectory() + "kiln-access"),
-                            logger: Logger(label: "test"))
-        let api = KilnAPI(config: try ServerConfig.resolve(flags: [:], environment: [:]), engine: engine,
-                          logger: Logger(label: "test"), version: "test", metricsText: { [] }, accessLog: { _ in })
+        let api = try TestAPI.make()
         let actual = api.router.accessTable.map { "\($0.method) \($0.template) \($0.access.permission?.rawValue ?? "open")" }
         let expected = APIRoutes.all.map { "\($0.method) \($0.template) \($0.permission ?? "open")" }
         #expect(actual == expected)
@@ -76,12 +71,7 @@ extension Permission {
 /// thread that called `respond`: their answer is always deferred.
 @Suite(.timeLimit(.minutes(10))) struct StoreOffloadTests {
     @Test func storeRoutesAnswerLater() throws {
-        let store = try SQLiteStore(path: ":memory:")
-        let engine = Engine(store: store, broker: LogBroker(), backends: [],
-                            config: EngineConfig(maxConcurrent: 1, queueLimit: 1, workRoot: NSTemporaryDirectory() + "kiln-offload"),
-                            logger: Logger(label: "test"))
-        let api = KilnAPI(config: try ServerConfig.resolve(flags: [:], environment: [:]), engine: engine,
-                          logger: Logger(label: "test"), version: "test", metricsText: { [] }, accessLog: { _ in })
+        let api = try TestAPI.make()
         let id = "01JKQX7V8MZRN3B4HTGFWDCS9E"
         for (method, path) in [("GET", "/v1/workloads"), ("GET", "/v1/workloads/\(id)"), ("GET", "/v1/workloads/\(id)/logs"),
                                ("GET", "/v1/workloads/\(id)/logs/history"), ("GET", "/v1/stats"), ("DELETE", "/v1/workloads/\(id)"),
