@@ -113,14 +113,7 @@ public final class SQLiteStore: WorkloadStore {
     // MARK: Workloads
 
     public func insert(_ r: WorkloadRecord) throws {
-        try db.write { db in
-            try db.execute(sql: """
-                INSERT INTO workloads (id, status, runtime, isolation, isolation_used, exit_code, output,
-                    output_truncated, error, cpus, mem_mb, timeout_s, log_lines, duration_ms, created_at,
-                    started_at, finished_at, tenant)
-                VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
-                """, arguments: SQLiteStore.arguments(r))
-        }
+        try db.write { db in try WorkloadRow(r).insert(db) }
     }
 
     /// Moves a workload to `status`, applying `change` to the record, if the state machine
@@ -129,24 +122,20 @@ public final class SQLiteStore: WorkloadStore {
     public func transition(_ id: String, to status: WorkloadStatus,
                            _ change: @Sendable (inout WorkloadRecord) -> Void) throws -> WorkloadRecord {
         try db.write { db in
-            guard var r = try SQLiteStore.fetch(db, id) else { throw StoreError.notFound(id) }
+            guard var r = try WorkloadRow.fetchOne(db, key: id)?.record else { throw StoreError.notFound(id) }
             guard r.status.canMove(to: status) else {
                 throw StoreError.invalidTransition(id: id, from: r.status, to: status)
             }
             r.status = status
             change(&r)
-            try db.execute(sql: """
-                UPDATE workloads SET status = ?, runtime = ?, isolation = ?, isolation_used = ?, exit_code = ?,
-                    output = ?, output_truncated = ?, error = ?, cpus = ?, mem_mb = ?, timeout_s = ?,
-                    log_lines = ?, duration_ms = ?, created_at = ?, started_at = ?, finished_at = ?, tenant = ?
-                WHERE id = ?
-                """, arguments: StatementArguments(Array(SQLiteStore.values(r).dropFirst())) + [id])
+            r.id = id
+            try WorkloadRow(r).update(db)
             return r
         }
     }
 
     public func get(_ id: String) throws -> WorkloadRecord? {
-        try db.read { db in try SQLiteStore.fetch(db, id) }
+        try db.read { db in try WorkloadRow.fetchOne(db, key: id)?.record }
     }
 
     /// Newest first. The cursor is the id of the last record of the previous page.
@@ -161,9 +150,9 @@ public final class SQLiteStore: WorkloadStore {
         let whereSQL = clauses.isEmpty ? "" : "WHERE " + clauses.joined(separator: " AND ")
         args.append(limit + 1)
         let rows = try db.read { db in
-            try Row.fetchAll(db, sql: "SELECT * FROM workloads \(whereSQL) ORDER BY id DESC LIMIT ?", arguments: StatementArguments(args))
+            try WorkloadRow.fetchAll(db, sql: "SELECT * FROM workloads \(whereSQL) ORDER BY id DESC LIMIT ?", arguments: StatementArguments(args))
         }
-        var records = rows.map(SQLiteStore.record)
+        var records = rows.map(\.record)
         var next: String? = nil
         if records.count > limit {
             records.removeLast()
@@ -262,41 +251,5 @@ public final class SQLiteStore: WorkloadStore {
                                            arguments: scopeArgs) ?? 0
             return StoreStats(byStatus: byStatus, total: total, backends: backends, logLinesTotal: lines)
         }
-    }
-
-    // MARK: Mapping
-
-    private static func values(_ r: WorkloadRecord) -> [(any DatabaseValueConvertible)?] {
-        [r.id, r.status.rawValue, r.runtime.rawValue, r.isolation.rawValue, r.isolationUsed?.rawValue, r.exitCode,
-         r.outputJSON, r.outputTruncated, r.error, r.resources.cpus, r.resources.memMB, r.resources.timeoutS,
-         r.logLines, r.durationMs, r.createdAt, r.startedAt, r.finishedAt, r.tenant]
-    }
-
-    private static func arguments(_ r: WorkloadRecord) -> StatementArguments {
-        StatementArguments(values(r))
-    }
-
-    private static func fetch(_ db: Database, _ id: String) throws -> WorkloadRecord? {
-        try Row.fetchOne(db, sql: "SELECT * FROM workloads WHERE id = ?", arguments: [id]).map(record)
-    }
-
-    private static func record(_ row: Row) -> WorkloadRecord {
-        WorkloadRecord(
-            id: row["id"],
-            status: WorkloadStatus(rawValue: row["status"]) ?? .failed,
-            runtime: Runtime(rawValue: row["runtime"]) ?? .shell,
-            isolation: Isolation(rawValue: row["isolation"]) ?? .auto,
-            isolationUsed: (row["isolation_used"] as String?).flatMap(Isolation.init(rawValue:)),
-            exitCode: row["exit_code"],
-            outputJSON: row["output"],
-            outputTruncated: row["output_truncated"],
-            error: row["error"],
-            resources: Resources(cpus: row["cpus"], memMB: row["mem_mb"], timeoutS: row["timeout_s"]),
-            logLines: row["log_lines"],
-            durationMs: row["duration_ms"],
-            createdAt: row["created_at"],
-            startedAt: row["started_at"],
-            finishedAt: row["finished_at"],
-            tenant: row["tenant"])
     }
 }
