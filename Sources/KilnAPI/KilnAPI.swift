@@ -194,7 +194,9 @@ public final class KilnAPI: HTTPResponder, @unchecked Sendable {
         submission.isolationLimit = caller.isolation
         let promise = sync ? HTTPPromise() : nil
         var onFinish: Engine.Completion? = nil
-        if let promise { onFinish = { record in promise.resolve(.json(200, record.json)) } }
+        // The answer (up to 1 MiB of output) is encoded on the store queue, not on the
+        // engine's writer queue that reports the end.
+        if let promise { onFinish = { [storeQueue] record in storeQueue.async { promise.resolve(.json(200, record.json)) } } }
         let record = try engine.submit(submission, onFinish: onFinish)
         if let promise { return .later(promise) }
         return .now(.json(202, .object([("id", .string(record.id)), ("status", .string(record.status.rawValue))]),
@@ -220,12 +222,14 @@ public final class KilnAPI: HTTPResponder, @unchecked Sendable {
     private func kill(_ id: String, _ caller: Caller) throws -> HTTPResult {
         _ = try visibleRecord(id, caller)
         let promise = HTTPPromise()
-        try engine.kill(id) { r in
-            // It may have ended on its own while the kill was on its way.
-            if r.status == .killed {
-                promise.resolve(.json(200, r.json))
-            } else {
-                promise.resolve(APIError(409, "conflict", "workload \(r.id) is already \(r.status.rawValue)").response)
+        try engine.kill(id) { [storeQueue] r in
+            storeQueue.async {
+                // It may have ended on its own while the kill was on its way.
+                if r.status == .killed {
+                    promise.resolve(.json(200, r.json))
+                } else {
+                    promise.resolve(APIError(409, "conflict", "workload \(r.id) is already \(r.status.rawValue)").response)
+                }
             }
         }
         return .later(promise)
