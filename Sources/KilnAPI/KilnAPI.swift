@@ -59,6 +59,11 @@ public final class KilnAPI: HTTPResponder, @unchecked Sendable {
     public func beginShutdown() { shuttingDownFlag.store(true, ordering: .releasing) }
     /// The SSE frame of a text stream's line: the broker encodes each line once with it.
     public static func textFrame(_ line: LogLine) -> [UInt8] { LogStreamSource.textFrame(line) }
+    /// Waits until every answer already on its way through the store queue is resolved (a
+    /// synchronous run that the shutdown just ended must get its record, not a 503).
+    public func finishPendingAnswers() {
+        storeQueue.sync(flags: .barrier) {}
+    }
     /// Log streams still open (shutdown waits for them to write their end).
     public var openStreams: Int { subscribers.value }
     var isShuttingDown: Bool { shuttingDownFlag.load(ordering: .acquiring) }

@@ -112,6 +112,8 @@ final class ServerRunner: @unchecked Sendable {
             if let r = try? engine?.store.get(id), r.status.isTerminal { return EndInfo(record: r) }
             return EndInfo(status: .failed, exitCode: nil, error: "server shutdown", logLines: lastSeq)
         }
+        // Answers the engine just produced (synchronous runs ended by the shutdown) go out.
+        api?.finishPendingAnswers()
         // Let open streams write their end events before the daemon goes.
         let deadline = Date().addingTimeInterval(1.5)
         while (api?.openStreams ?? 0) > 0 && Date() < deadline { usleep(20_000) }

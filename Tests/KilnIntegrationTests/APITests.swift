@@ -193,7 +193,11 @@ import KilnTestSupport
             if (try? s.request("GET", "/healthz", timeout: 5))?.status == 200 { healthy += 1 }
             usleep(50_000)
         }
-        while bodies.values.isEmpty { usleep(20_000) }
+        let deadline = Date().addingTimeInterval(120)
+        while bodies.values.isEmpty {
+            try #require(Date() < deadline, "the parallel runs did not answer within 120 s")
+            usleep(20_000)
+        }
         #expect(healthy == 10)
         let records = try bodies.values[0].get().arrayValue ?? []
         #expect(records.count == n)

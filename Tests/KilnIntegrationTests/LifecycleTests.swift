@@ -101,7 +101,11 @@ import KilnTestSupport
         }
         #expect(running)
         #expect(s.stop(signal: SIGTERM) == 0)
-        while answer.values.isEmpty { usleep(20_000) }
+        let deadline = Date().addingTimeInterval(30)
+        while answer.values.isEmpty {
+            try #require(Date() < deadline, "the synchronous request got no answer within 30 s")
+            usleep(20_000)
+        }
         let r = try answer.values[0].get()
         #expect(r["status"] == .string("failed"))
         #expect(r["error"] == .string("server shutdown"))

@@ -1,0 +1,61 @@
+import Foundation
+import KilnBackends
+import KilnCore
+import KilnLogs
+import KilnStore
+import Logging
+import Metrics
+
+/// Which backend runs a workload: the allowed list, `auto`, and why a choice is refused.
+extension Engine {
+    public func capability(_ name: Isolation) -> BackendCapabilities? {
+        capabilities.first { $0.name == name }
+    }
+
+    func backend(_ name: Isolation) -> (any Backend)? {
+        backendList.first { $0.name == name }
+    }
+
+    /// The backends a caller may use: the server's list, narrowed by the token's own.
+    public func allowedIsolation(limit: Set<Isolation>?) -> Set<Isolation> {
+        limit.map { config.allowedIsolation.intersection($0) } ?? config.allowedIsolation
+    }
+
+    /// Strongest first, the order `auto` tries them in (after `isolate` for default exports).
+    static let strength: [Isolation] = [.gvisor, .sandbox, .isolate, .process]
+
+    /// `auto`: `isolate` for node code with a default export, else the strongest available
+    /// of gvisor, sandbox, process that runs the runtime; only backends in the allowed list
+    /// (`allowedIsolation(limit:)`) are ever chosen.
+    public func chooseBackend(runtime: Runtime, isolation: Isolation, code: String,
+                              limit: Set<Isolation>? = nil) throws(EngineError) -> any Backend {
+        let allowed = allowedIsolation(limit: limit)
+        if isolation != .auto, !allowed.contains(isolation) {
+            throw .isolationNotAllowed(requested: isolation, allowed: Engine.strength.filter(allowed.contains).map(\.rawValue))
+        }
+        let able = capabilities.filter { $0.available && $0.runtimes.contains(runtime) && allowed.contains($0.name) }
+        let ableNames = Engine.strength.filter { name in able.contains { $0.name == name } }.map(\.rawValue)
+        if isolation == .auto {
+            if runtime == .node, Engine.hasDefaultExport(code), able.contains(where: { $0.name == .isolate }),
+               let b = backend(.isolate) {
+                return b
+            }
+            for name in [Isolation.gvisor, .sandbox, .process] where able.contains(where: { $0.name == name }) {
+                if let b = backend(name) { return b }
+            }
+            throw .isolationUnavailable(requested: .auto, reason: "no allowed backend can run \(runtime.rawValue) here", available: ableNames)
+        }
+        guard let cap = capability(isolation), cap.available else {
+            let why = capability(isolation)?.reason ?? "not built into this server"
+            throw .isolationUnavailable(requested: isolation, reason: why, available: ableNames)
+        }
+        guard cap.runtimes.contains(runtime), let b = backend(isolation) else {
+            throw .isolationUnavailable(requested: isolation, reason: "it does not run \(runtime.rawValue)", available: ableNames)
+        }
+        return b
+    }
+
+    static func hasDefaultExport(_ code: String) -> Bool {
+        code.range(of: #"(^|[\s;{}])export\s+default\b"#, options: .regularExpression) != nil
+    }
+}

@@ -1,0 +1,155 @@
+import Foundation
+import KilnBackends
+import KilnCore
+import KilnLogs
+import KilnStore
+import Logging
+import Metrics
+
+/// The life of a workload on its lane: start, run, store its end, release its waiters.
+extension Engine {
+    func launch(_ job: Job) {
+        lock.lock()
+        let lane: DispatchQueue
+        if let idle = idleLanes.popLast() {
+            lane = idle
+        } else {
+            laneCount += 1
+            lane = DispatchQueue(label: "kiln.engine.lane-\(laneCount)")
+        }
+        lock.unlock()
+        lane.async { [self] in
+            var current: Job? = job
+            // Keep the lane busy while work is queued.
+            while let j = current {
+                run(j)
+                lock.lock()
+                if !shuttingDown, !queue.isEmpty {
+                    current = queue.removeFirst()
+                } else {
+                    current = nil
+                    runningCount -= 1
+                    idleLanes.append(lane)
+                }
+                lock.unlock()
+            }
+        }
+    }
+
+    func run(_ job: Job) {
+        let id = job.spec.id
+        let started = Millis.now()
+        if job.cancellation.reason != nil {
+            finishUnstarted(job, status: job.cancellation.reason == .killed ? .killed : .failed,
+                            error: job.cancellation.reason == .killed ? "killed before it started" : "server shutdown")
+            return
+        }
+        do {
+            let backendName = job.backend.name
+            try store.transition(id, to: .running) { r in
+                r.startedAt = started
+                r.isolationUsed = backendName
+            }
+        } catch {
+            logger.error("cannot start workload \(id): \(error)")
+            finishUnstarted(job, status: .failed, error: "cannot start: \(error)")
+            return
+        }
+        let writer = EngineLogWriter(id: id, engine: self)
+        let result = job.backend.execute(job.spec, writer: writer, cancellation: job.cancellation)
+        writer.finish()
+        let finished = Millis.now()
+        let (status, error) = Engine.outcome(result, cancel: job.cancellation.reason)
+        let output = result.output.map { ($0.text, result.outputTruncated) } ?? OutputCapture.value(of: writer.stdout, truncated: writer.stdoutTruncated)
+        let lines = writer.lastSeq
+        let backendName = job.backend.name.rawValue
+        writerQueue.async { [self] in
+            let record: WorkloadRecord
+            do {
+                record = try store.transition(id, to: status) { r in
+                    r.exitCode = result.exitCode
+                    r.error = error
+                    r.outputJSON = output.0
+                    r.outputTruncated = output.1
+                    r.logLines = lines
+                    r.finishedAt = finished
+                    r.durationMs = finished - started
+                }
+            } catch let storeError {
+                // Still release the job, its live log and whoever waits for it.
+                logger.error("cannot store the end of workload \(id): \(storeError)")
+                complete(job, (try? store.get(id)) ?? WorkloadRecord(
+                    id: id, status: status, runtime: job.spec.runtime, isolation: .auto, isolationUsed: job.backend.name,
+                    exitCode: result.exitCode, error: error, resources: job.spec.resources, logLines: lines, createdAt: started,
+                    tenant: job.tenant))
+                return
+            }
+            Metrics.Counter(label: "kiln_workloads_total", dimensions: [("status", status.rawValue), ("backend", backendName)]).increment()
+            Metrics.Timer(label: "kiln_workload_duration_seconds", dimensions: [("backend", backendName)])
+                .recordMilliseconds(finished - started)
+            complete(job, record)
+        }
+    }
+
+    static func outcome(_ r: ExecutionResult, cancel: CancelReason?) -> (WorkloadStatus, String?) {
+        switch cancel {
+        case .killed: return (.killed, "killed by request")
+        case .shutdown: return (.failed, "server shutdown")
+        case nil: break
+        }
+        if r.timedOut { return (.failed, r.error ?? "timed out") }
+        if let e = r.error { return (.failed, e) }
+        guard let code = r.exitCode else { return (.failed, "the backend reported no exit status") }
+        if code == 0 { return (.completed, nil) }
+        if code > 128 && code < 160 { return (.failed, "terminated by signal \(code - 128) (exit code \(code))") }
+        return (.failed, "exited with code \(code)")
+    }
+
+    /// Ends a workload that never ran (killed or failed while pending).
+    func finishUnstarted(_ job: Job, status: WorkloadStatus, error: String) {
+        let id = job.spec.id
+        writerQueue.async { [self] in
+            let record: WorkloadRecord
+            do {
+                record = try store.transition(id, to: status) { r in
+                    r.error = error
+                    r.finishedAt = Millis.now()
+                }
+            } catch {
+                logger.error("cannot end workload \(id): \(error)")
+                if let r = try? store.get(id) { complete(job, r) }
+                return
+            }
+            Metrics.Counter(label: "kiln_workloads_total", dimensions: [("status", status.rawValue), ("backend", job.backend.name.rawValue)]).increment()
+            complete(job, record)
+        }
+    }
+
+    /// After the terminal state is stored: close the live log, call completions.
+    func complete(_ job: Job, _ record: WorkloadRecord) {
+        broker.close(record.id, end: EndInfo(record: record))
+        lock.lock()
+        jobs[record.id] = nil
+        let callbacks = job.completions
+        job.completions.removeAll()
+        lock.unlock()
+        for c in callbacks { c(record) }
+        idle.lock()
+        idle.broadcast()
+        idle.unlock()
+    }
+
+    /// Stores a batch of lines, then lets the broker drop them from memory.
+    func persist(_ id: String, _ lines: [LogLine]) {
+        guard let last = lines.last?.seq else { return }
+        writerQueue.async { [self] in
+            do {
+                try store.appendLines(id, lines)
+                broker.markPersisted(id, upTo: last)
+            } catch {
+                logger.error("cannot store \(lines.count) log lines of \(id): \(error)")
+            }
+        }
+        Metrics.Counter(label: "kiln_log_lines_total").increment(by: lines.count)
+    }
+}
