@@ -310,12 +310,15 @@ public final class WorkloadLog: @unchecked Sendable {
 /// A subscriber's cursor. Read it from one thread at a time.
 ///
 /// `@unchecked Sendable`: `cursor` is touched only by the single reader (the daemon calls a
-/// stream's reads one at a time); the waker is in a `Mutex`.
+/// stream's reads one at a time); `waker` and `cancelled` are guarded by `lock`. (An NSLock
+/// on this per-read path: with `Synchronization.Mutex` here and in `LogCursor`, B1's p99
+/// went from 27 ms to 250 ms; see benchmarks/results-notes.md.)
 public final class LogSubscription: @unchecked Sendable {
     public let log: WorkloadLog
     public private(set) var cursor: Int64
-    /// nil once cancelled, or before a waker was set.
-    private let waker = Mutex<(waker: (@Sendable () -> Void)?, cancelled: Bool)>((nil, false))
+    private let lock = NSLock()
+    private var waker: (@Sendable () -> Void)?
+    private var cancelled = false
 
     init(log: WorkloadLog, after: Int64) {
         self.log = log
@@ -324,12 +327,16 @@ public final class LogSubscription: @unchecked Sendable {
 
     /// The closure called (from any thread) when `next` answered `.wait` and something arrived.
     public func setWaker(_ waker: @escaping @Sendable () -> Void) {
-        self.waker.withLock { $0.waker = waker }
+        lock.lock()
+        self.waker = waker
+        lock.unlock()
     }
 
     /// The next lines; with `framed`, lines still in the window come encoded (`.frames`).
     public func next(max: Int = 512, maxBytes: Int = 1 << 20, framed: Bool = false) -> LogRead {
-        let wake = waker.withLock { $0.cancelled ? nil : $0.waker }
+        lock.lock()
+        let wake = cancelled ? nil : waker
+        lock.unlock()
         let result = log.read(after: cursor, max: max, maxBytes: maxBytes, framed: framed,
                               waiter: ObjectIdentifier(self), wake: wake)
         switch result {
@@ -342,7 +349,10 @@ public final class LogSubscription: @unchecked Sendable {
 
     /// Unsubscribes: no waker is called after this returns.
     public func cancel() {
-        waker.withLock { $0 = (nil, true) }
+        lock.lock()
+        cancelled = true
+        waker = nil
+        lock.unlock()
         log.removeWaiter(ObjectIdentifier(self))
     }
 }
