@@ -29,8 +29,10 @@ public final class KilnAPI: HTTPResponder, @unchecked Sendable {
     let subscribers = SubscriberCount()
     let heartbeats: HeartbeatHub
     private let shuttingDownFlag = Atomic<Bool>(false)
-    /// Store reads and writes of requests (GRDB's pool serves several readers at once).
-    private let storeQueue = DispatchQueue(label: "kiln.store-requests", attributes: .concurrent)
+    /// Store reads and writes of requests (GRDB's pool serves several readers at once), on
+    /// a fixed set of threads: a concurrent Dispatch queue grew to dozens of blocked threads
+    /// when 10,000 streams opened at once (issue 11, B1/B2).
+    private let storeQueue = StoreWorkers(count: max(2, ProcessInfo.processInfo.activeProcessorCount * 2))
     private let errors: ErrorMiddleware
 
     public init(config: ServerConfig, engine: Engine, logger: Logger, version: String,
@@ -62,7 +64,7 @@ public final class KilnAPI: HTTPResponder, @unchecked Sendable {
     /// Waits until every answer already on its way through the store queue is resolved (a
     /// synchronous run that the shutdown just ended must get its record, not a 503).
     public func finishPendingAnswers() {
-        storeQueue.sync(flags: .barrier) {}
+        storeQueue.drain()
     }
     /// Log streams still open (shutdown waits for them to write their end).
     public var openStreams: Int { subscribers.value }

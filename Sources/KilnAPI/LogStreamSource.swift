@@ -35,6 +35,7 @@ final class LogStreamSource: HTTPStreamSource, @unchecked Sendable {
     private var waker: (@Sendable () -> Void)?
     private var heartbeatDue = false
     private var closed = false
+    private var attached = false
 
     init(id: String, reader: LogCursor, format: Format, hub: HeartbeatHub, counter: SubscriberCount, tenant: String) {
         self.id = id
@@ -44,13 +45,15 @@ final class LogStreamSource: HTTPStreamSource, @unchecked Sendable {
         self.format = format
         self.hub = hub
         self.counter = counter
-        counter.add(1, tenant: tenant)
     }
 
+    /// The daemon has queued the stream on its connection: from now on it is a subscriber.
     func attach(waker: @escaping @Sendable () -> Void) {
         lock.lock()
         self.waker = waker
+        attached = true
         lock.unlock()
+        counter.add(1, tenant: tenant)
         reader.setWaker(waker)
         hub.add(self)
     }
@@ -69,10 +72,11 @@ final class LogStreamSource: HTTPStreamSource, @unchecked Sendable {
         if closed { lock.unlock(); return }
         closed = true
         waker = nil
+        let counted = attached
         lock.unlock()
         reader.cancel()
         hub.remove(self)
-        counter.add(-1, tenant: tenant)
+        if counted { counter.add(-1, tenant: tenant) }
     }
 
     func read(max: Int) -> StreamRead {
