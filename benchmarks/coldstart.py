@@ -74,6 +74,10 @@ def main():
         if not b or not b["available"]:
             rows.append((name, "-", "skipped", (b or {}).get("reason", "not listed"), "-"))
             continue
+        if b.get("allowed") is False:
+            # process is off unless the server lists it: `make run ARGS="--isolation process,sandbox,gvisor,isolate"`.
+            rows.append((name, "-", "skipped", "not allowed by KILN_ISOLATION", "-"))
+            continue
         for rt in b["runtimes"]:
             code = "export default () => 0" if name == "isolate" else TRIVIAL[rt]
             body = json.dumps({"runtime": rt, "code": code, "isolation": name})
