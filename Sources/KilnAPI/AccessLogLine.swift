@@ -25,8 +25,9 @@ enum AccessLogLine {
         var text = "/" + segments.joined(separator: "/")
         if !target.query.isEmpty {
             let items = target.query.map { item -> String in
-                let nameMarked = carriesMarker(item.name)
-                let name = nameMarked && fullyDecoded(item.name).lowercased() != marker ? redacted : escape(item.name, also: "&=#")
+                let decodedName = fullyDecoded(item.name).lowercased()
+                let nameMarked = decodedName.contains(marker)
+                let name = nameMarked && decodedName != marker ? redacted : escape(item.name, also: "&=#")
                 let value = nameMarked || carriesMarker(item.value) ? redacted : escape(item.value, also: "&=#")
                 return "\(name)=\(value)"
             }
@@ -41,14 +42,8 @@ enum AccessLogLine {
     }
 
     static func fullyDecoded(_ text: String) -> String {
-        var current = Array(text.utf8)
-        for _ in 0..<8 {
-            // %00 is kept by the daemon's decoding; a NUL could not hide a marker anyway.
-            let next = PercentDecoding.decode(current)
-            if next == current { break }
-            current = next
-        }
-        return String(decoding: current, as: UTF8.self)
+        // %00 is kept by the daemon's decoding; a NUL could not hide a marker anyway.
+        String(decoding: PercentDecoding.decodeUntilStable(text.utf8), as: UTF8.self)
     }
 
     /// Percent-encodes `%`, control characters and `also`, so a logged path or query item

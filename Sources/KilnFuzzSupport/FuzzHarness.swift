@@ -304,13 +304,7 @@ public final class FuzzHarness: @unchecked Sendable {
         guard let line = accessLine.value, let doc = try? JSON.parse(line) else { return "access log line is not JSON" }
         guard let logged = doc["path"]?.stringValue else { return "access log line without a path" }
         // Decoded until it no longer changes, every mention of the token is a redacted one.
-        var decoded = Array(logged.utf8)
-        for _ in 0..<8 {
-            let next = PercentDecoding.decode(decoded)
-            if next == decoded { break }
-            decoded = next
-        }
-        let lowered = String(decoding: decoded, as: UTF8.self).lowercased()
+        let lowered = String(decoding: PercentDecoding.decodeUntilStable(logged.utf8), as: UTF8.self).lowercased()
         var rest = lowered[...]
         while let r = rest.range(of: "access_token") {
             guard lowered[r.upperBound...].hasPrefix("=redacted") else {

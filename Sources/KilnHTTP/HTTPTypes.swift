@@ -170,4 +170,16 @@ public enum PercentDecoding {
         let n = buffer.withUnsafeMutableBufferPointer { kiln_mhd_unescape(nil, nil, $0.baseAddress) }
         return buffer[0..<n].map { UInt8(bitPattern: $0) }
     }
+
+    /// Decodes again and again until nothing changes (at most eight rounds): what a value
+    /// means however many times it was encoded.
+    public static func decodeUntilStable<Bytes: Collection>(_ bytes: Bytes) -> [UInt8] where Bytes.Element == UInt8 {
+        var current = Array(bytes)
+        for _ in 0..<8 {
+            let next = decode(current)
+            if next == current { break }
+            current = next
+        }
+        return current
+    }
 }
