@@ -33,7 +33,7 @@ extension KilnAPI {
         } else if let tail {
             after = Swift.max(0, lastSeq - Int64(tail))
         }
-        let source = LogStreamSource(id: id, reader: engine.broker.cursor(id, after: after), format: format,
+        let source = LogStreamSource(reader: engine.broker.cursor(id, after: after), format: format,
                                      hub: heartbeats, counter: subscribers, tenant: record.tenant)
         return HTTPResponse(status: 200, headers: [
             ("Content-Type", "text/event-stream"),

@@ -19,13 +19,12 @@ final class LogStreamSource: HTTPStreamSource, @unchecked Sendable {
     /// (plus one line): with the daemon's buffer this bounds a stalled client well under 1 MiB.
     static let readBudget = 256 * 1024
 
-    let id: String
     let format: Format
     let hub: HeartbeatHub
     let counter: SubscriberCount
     let tenant: String
-    // Touched only from `read`, which the daemon calls one at a time per stream.
-    private var cursor: Int64
+    /// Holds the stream's position; read only from `read`, which the daemon calls one at a
+    /// time per stream.
     private let reader: LogCursor
     private var pending: [LogLine] = []
     private var pendingIndex = 0
@@ -37,10 +36,8 @@ final class LogStreamSource: HTTPStreamSource, @unchecked Sendable {
     private var closed = false
     private var attached = false
 
-    init(id: String, reader: LogCursor, format: Format, hub: HeartbeatHub, counter: SubscriberCount, tenant: String) {
-        self.id = id
+    init(reader: LogCursor, format: Format, hub: HeartbeatHub, counter: SubscriberCount, tenant: String) {
         self.tenant = tenant
-        self.cursor = reader.cursor
         self.reader = reader
         self.format = format
         self.hub = hub
@@ -87,7 +84,6 @@ final class LogStreamSource: HTTPStreamSource, @unchecked Sendable {
                 let line = pending[pendingIndex]
                 pendingIndex += 1
                 LogStreamSource.appendEvent(line, format: format, to: &out)
-                cursor = line.seq
                 continue
             }
             pending.removeAll(keepingCapacity: true)
@@ -95,10 +91,9 @@ final class LogStreamSource: HTTPStreamSource, @unchecked Sendable {
             switch nextLines(max: 512, maxBytes: max - out.count) {
             case .lines(let lines):
                 pending = lines
-            case .frames(let bytes, let last):
+            case .frames(let bytes, _):
                 // Encoded once by the broker for every subscriber.
                 if out.isEmpty { out = bytes } else { out.append(contentsOf: bytes) }
-                cursor = last
             case .end(let info, let lastSeq):
                 appendEnd(info, lastSeq: lastSeq, to: &out)
                 ended = true

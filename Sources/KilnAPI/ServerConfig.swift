@@ -10,7 +10,6 @@ public struct ServerConfig: Sendable {
     public var host: String
     public var port: Int
     public var db: String
-    public var apiToken: String?
     public var maxConcurrent: Int
     public var queueLimit: Int
     public var maxBodyBytes: Int
@@ -23,9 +22,8 @@ public struct ServerConfig: Sendable {
     public var tokensFile: String?
     /// `KILN_ISOLATION`: the backends that may run workloads.
     public var isolation: Set<Isolation>
-    /// `KILN_ALLOW_UNAUTHENTICATED=1`: listen beyond loopback without any token.
-    public var allowUnauthenticated: Bool
-    /// The tokens this server accepts, read from `apiToken` and `tokensFile` at start.
+    /// The tokens this server accepts, read from `KILN_API_TOKEN` and `tokensFile` at start
+    /// (digests only: the token itself is not kept).
     public var tokens: TokenSet
 
     /// Every variable Kiln reads, with its default (`Settings.all`).
@@ -99,7 +97,7 @@ public struct ServerConfig: Sendable {
             throw ConfigError(description: "refusing to listen on \(listen) without a token: set KILN_API_TOKEN or KILN_TOKENS_FILE, listen on 127.0.0.1, or set KILN_ALLOW_UNAUTHENTICATED=1 to run open to the network")
         }
         return ServerConfig(
-            host: host, port: port, db: db, apiToken: token.isEmpty ? nil : token,
+            host: host, port: port, db: db,
             maxConcurrent: try int("KILN_MAX_CONCURRENT", min: 1, max: 10_000),
             queueLimit: try int("KILN_QUEUE_LIMIT", min: 0),
             maxBodyBytes: try int("KILN_MAX_BODY_BYTES", min: 1),
@@ -107,7 +105,7 @@ public struct ServerConfig: Sendable {
             heartbeatS: try int("KILN_HEARTBEAT_S", min: 1, max: 3600),
             corsOrigins: cors.isEmpty ? nil : cors, logLevel: level,
             tokensFile: tokensFile.isEmpty ? nil : tokensFile, isolation: isolation,
-            allowUnauthenticated: allowUnauthenticated, tokens: tokens)
+            tokens: tokens)
     }
 
     /// 127.0.0.0/8, ::1 and localhost: addresses no other machine can reach.

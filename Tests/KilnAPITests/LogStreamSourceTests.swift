@@ -15,7 +15,7 @@ import KilnLogs
             if after >= 2 { throw StoreDown() }
             return [LogLine(seq: after + 1, stream: .stdout, ts: 0, line: "l\(after + 1)")]
         }, ending: { _ in EndInfo(status: .completed, exitCode: 0, error: nil, logLines: 5) })
-        let source = LogStreamSource(id: "w", reader: broker.cursor("w", after: 0), format: .text,
+        let source = LogStreamSource(reader: broker.cursor("w", after: 0), format: .text,
                                      hub: HeartbeatHub(intervalSeconds: 3600), counter: SubscriberCount(), tenant: "default")
         source.attach(waker: {})
         defer { source.close() }
