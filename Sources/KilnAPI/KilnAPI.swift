@@ -77,40 +77,41 @@ public final class KilnAPI: HTTPResponder, @unchecked Sendable {
         r.add("GET", "/metrics", .open) { [unowned self] _, _ in
             .now(HTTPResponse(status: 200, headers: [("Content-Type", "text/plain; version=0.0.4; charset=utf-8")], body: .bytes(metricsText())))
         }
-        // Everything that reads or writes the store runs on `storeQueue`, never on a daemon
-        // thread: the connection waits suspended, as a synchronous submission does.
-        r.add("POST", "/v1/workloads", .submit) { [unowned self] req, c in offload(c) { [unowned self] in try submit(req, c.caller, sync: true) } }
-        r.add("GET", "/v1/workloads", .read) { [unowned self] req, c in offload(c) { [unowned self] in .now(try list(req, c.caller)) } }
-        r.add("POST", "/v1/workloads/async", .submit) { [unowned self] req, c in offload(c) { [unowned self] in try submit(req, c.caller, sync: false) } }
-        r.add("GET", "/v1/workloads/{id}", .read) { [unowned self] _, c in offload(c) { [unowned self] in .now(try get(c.parameters["id"]!, c.caller)) } }
-        r.add("DELETE", "/v1/workloads/{id}", .kill) { [unowned self] _, c in offload(c) { [unowned self] in try kill(c.parameters["id"]!, c.caller) } }
-        r.add("GET", "/v1/workloads/{id}/logs", .readStream) { [unowned self] req, c in
-            offload(c) { [unowned self] in .now(try streamLogs(req, id: c.parameters["id"]!, caller: c.caller)) }
-        }
-        r.add("GET", "/v1/workloads/{id}/logs/history", .read) { [unowned self] req, c in
-            offload(c) { [unowned self] in .now(try history(req, id: c.parameters["id"]!, caller: c.caller)) }
-        }
+        // Everything that reads or writes the store runs on `storeQueue` (`onStore`), never on
+        // a daemon thread: the connection waits suspended, as a synchronous submission does.
+        r.add("POST", "/v1/workloads", .submit, onStore { [unowned self] req, c in try submit(req, c.caller, sync: true) })
+        r.add("GET", "/v1/workloads", .read, onStore { [unowned self] req, c in .now(try list(req, c.caller)) })
+        r.add("POST", "/v1/workloads/async", .submit, onStore { [unowned self] req, c in try submit(req, c.caller, sync: false) })
+        r.add("GET", "/v1/workloads/{id}", .read, onStore { [unowned self] _, c in .now(try get(c.parameters["id"]!, c.caller)) })
+        r.add("DELETE", "/v1/workloads/{id}", .kill, onStore { [unowned self] _, c in try kill(c.parameters["id"]!, c.caller) })
+        r.add("GET", "/v1/workloads/{id}/logs", .readStream, onStore { [unowned self] req, c in
+            .now(try streamLogs(req, id: c.parameters["id"]!, caller: c.caller))
+        })
+        r.add("GET", "/v1/workloads/{id}/logs/history", .read, onStore { [unowned self] req, c in
+            .now(try history(req, id: c.parameters["id"]!, caller: c.caller))
+        })
         r.add("GET", "/v1/backends", .read) { [unowned self] _, c in .now(backends(c.caller)) }
-        r.add("GET", "/v1/stats", .read) { [unowned self] _, c in offload(c) { [unowned self] in .now(try stats(c.caller)) } }
+        r.add("GET", "/v1/stats", .read, onStore { [unowned self] _, c in .now(try stats(c.caller)) })
         return r
     }
 
-    /// Runs `body` on the store queue; the answer (or its error, rendered as the chain
-    /// renders errors) resolves the connection's promise.
-    private func offload(_ context: RequestContext, _ body: @escaping @Sendable () throws -> HTTPResult) -> HTTPResult {
-        let promise = HTTPPromise()
-        let errors = errors
-        storeQueue.async {
-            do {
-                switch try body() {
-                case .now(let response): promise.resolve(response)
-                case .later(let inner): inner.onResolve { promise.resolve($0) }
+    /// A handler that runs on the store queue: the answer (or its error, rendered as the
+    /// chain renders errors) resolves the connection's promise.
+    private func onStore(_ handler: @escaping RouteHandler) -> RouteHandler {
+        { [storeQueue, errors] request, context in
+            let promise = HTTPPromise()
+            storeQueue.async {
+                do {
+                    switch try handler(request, context) {
+                    case .now(let response): promise.resolve(response)
+                    case .later(let inner): inner.onResolve { promise.resolve($0) }
+                    }
+                } catch {
+                    promise.resolve(errors.render(error, context))
                 }
-            } catch {
-                promise.resolve(errors.render(error, context))
             }
+            return .later(promise)
         }
-        return .later(promise)
     }
 
     /// The middleware chain, outermost first, around `route`.

@@ -21,7 +21,7 @@ extension Engine {
         limit.map { config.allowedIsolation.intersection($0) } ?? config.allowedIsolation
     }
 
-    /// Strongest first, the order `auto` tries them in (after `isolate` for default exports).
+    /// Strongest first: the order in which refusals list the allowed or available backends.
     static let strength: [Isolation] = [.gvisor, .sandbox, .isolate, .process]
 
     /// `auto`: `isolate` for node code with a default export, else the strongest available
