@@ -15,6 +15,16 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+/// How the child ends between clone and exec: the raw exit_group system call. libc's
+/// `_exit` is intercepted under ThreadSanitizer, whose handler takes the runtime's thread
+/// registry lock; another thread of the server may have held it at the clone, and the
+/// init then never exited (seen as a hung engine test under make test-tsan).
+__attribute__((noreturn))
+static void kiln_child_exit(int code) {
+    syscall(SYS_exit_group, code);
+    __builtin_unreachable();
+}
+
 __attribute__((no_sanitize("thread")))
 static void kiln_child_reset_signals(void) {
     sigset_t none;
@@ -38,9 +48,9 @@ static void kiln_close_from(int lowfd) {
 /// In the child: wire the fds, apply limits, exec. Only async-signal-safe calls.
 __attribute__((no_sanitize("thread")))
 static void kiln_exec_workload(const struct kiln_spawn_opts *o) {
-    if (dup2(o->stdin_fd, 0) < 0 || dup2(o->stdout_fd, 1) < 0 || dup2(o->stderr_fd, 2) < 0) _exit(126);
+    if (dup2(o->stdin_fd, 0) < 0 || dup2(o->stdout_fd, 1) < 0 || dup2(o->stderr_fd, 2) < 0) kiln_child_exit(126);
     kiln_close_from(3);
-    if (chdir(o->cwd) != 0) _exit(126);
+    if (chdir(o->cwd) != 0) kiln_child_exit(126);
     if (o->mem_bytes > 0) {
         struct rlimit rl = {(rlim_t)o->mem_bytes, (rlim_t)o->mem_bytes};
         setrlimit(RLIMIT_AS, &rl);
@@ -52,7 +62,7 @@ static void kiln_exec_workload(const struct kiln_spawn_opts *o) {
     struct rlimit core = {0, 0};
     setrlimit(RLIMIT_CORE, &core);
     execve(o->path, o->argv, o->envp);
-    _exit(127);
+    kiln_child_exit(127);
 }
 
 /// Present only when ThreadSanitizer's runtime is linked in.
@@ -80,7 +90,7 @@ int kiln_spawn(const struct kiln_spawn_opts *o, int *in_pid_namespace) {
     // Child.
     setpgid(0, 0);
     prctl(PR_SET_PDEATHSIG, SIGKILL);
-    if (getppid() != parent && !*in_pid_namespace) _exit(125);
+    if (getppid() != parent && !*in_pid_namespace) kiln_child_exit(125);
     if (!*in_pid_namespace) {
         kiln_child_reset_signals();
         kiln_exec_workload(o);
@@ -93,7 +103,7 @@ int kiln_spawn(const struct kiln_spawn_opts *o, int *in_pid_namespace) {
     // turns vfork into fork, whose handlers take locks that another thread of the server
     // may have held at the clone: under it (its runtime is linked in), a raw clone as before.
     pid_t worker = &__tsan_init != 0 ? (pid_t)syscall(SYS_clone, SIGCHLD, 0, 0, 0, 0) : vfork();
-    if (worker < 0) _exit(126);
+    if (worker < 0) kiln_child_exit(126);
     if (worker == 0) {
         prctl(PR_SET_PDEATHSIG, SIGKILL);
         kiln_exec_workload(o);
@@ -102,11 +112,11 @@ int kiln_spawn(const struct kiln_spawn_opts *o, int *in_pid_namespace) {
     for (;;) {
         int status = 0;
         pid_t done = waitpid(-1, &status, 0);
-        if (done < 0 && errno != EINTR) _exit(126);
+        if (done < 0 && errno != EINTR) kiln_child_exit(126);
         if (done == worker) {
-            if (WIFEXITED(status)) _exit(WEXITSTATUS(status));
-            if (WIFSIGNALED(status)) _exit(128 + WTERMSIG(status));
-            _exit(126);
+            if (WIFEXITED(status)) kiln_child_exit(WEXITSTATUS(status));
+            if (WIFSIGNALED(status)) kiln_child_exit(128 + WTERMSIG(status));
+            kiln_child_exit(126);
         }
     }
 }
