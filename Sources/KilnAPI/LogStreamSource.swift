@@ -1,5 +1,4 @@
 import Foundation
-import Synchronization
 import KilnCore
 import KilnLogs
 import KilnEngine
@@ -173,7 +172,7 @@ final class LogStreamSource: HTTPStreamSource, @unchecked Sendable {
 /// daemon threads for everything else.
 ///
 /// `@unchecked Sendable` only for `timer` (a DispatchSourceTimer, thread-safe but not
-/// marked Sendable); the streams are in a `Mutex`.
+/// marked Sendable); the streams are `Locked`.
 final class HeartbeatHub: @unchecked Sendable {
     static let slots = 10
     private struct State {
@@ -182,7 +181,7 @@ final class HeartbeatHub: @unchecked Sendable {
         var nextSlot = 0
         var tick = 0
     }
-    private let state = Mutex(State())
+    private let state = Locked(State())
     private let timer: DispatchSourceTimer
 
     init(intervalSeconds: Int) {

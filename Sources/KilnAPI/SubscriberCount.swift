@@ -1,9 +1,9 @@
+import KilnCore
 import Metrics
-import Synchronization
 
 /// Live SSE subscribers, in all and by tenant, for `/v1/stats` and the gauge.
 final class SubscriberCount: Sendable {
-    private let counts = Mutex<(total: Int, byTenant: [String: Int])>((0, [:]))
+    private let counts = Locked<(total: Int, byTenant: [String: Int])>((0, [:]))
     private let gauge = Gauge(label: "kiln_sse_subscribers")
 
     func add(_ d: Int, tenant: String) {

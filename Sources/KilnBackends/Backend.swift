@@ -1,5 +1,4 @@
 import Foundation
-import Synchronization
 import KilnCore
 import KilnLogs
 
@@ -95,7 +94,7 @@ public final class Cancellation: Sendable {
         var reason: CancelReason?
         var handlers: [@Sendable () -> Void] = []
     }
-    private let state = Mutex(State())
+    private let state = Locked(State())
 
     public init() {}
 

@@ -1,5 +1,4 @@
 import Foundation
-import Synchronization
 
 /// Monotonic ULIDs: 48-bit milliseconds then 80 random bits, Crockford base32.
 /// Within one millisecond the random part increments, so ids sort in creation order.
@@ -10,7 +9,7 @@ public final class ULIDGenerator: Sendable {
         var high: UInt16 = 0
         var low: UInt64 = 0
     }
-    private let last = Mutex(Last())
+    private let last = Locked(Last())
 
     public init() {}
 

@@ -6,7 +6,6 @@ import KilnEngine
 import KilnStore
 import KilnHTTP
 import Logging
-import Synchronization
 
 /// The fuzz target over Kiln's request decoding and routing (reliability check R3):
 /// `kiln-fuzz` calls `check` from libFuzzer (`make fuzz`), and a unit test replays the
@@ -333,13 +332,13 @@ public final class FuzzHarness: @unchecked Sendable {
 }
 
 private final class ResponseBox: Sendable {
-    private let response = Mutex<HTTPResponse?>(nil)
+    private let response = Locked<HTTPResponse?>(nil)
     func set(_ r: HTTPResponse) { response.withLock { $0 = r } }
     var value: HTTPResponse? { response.withLock { $0 } }
 }
 
 private final class LineBox: Sendable {
-    private let line = Mutex<String?>(nil)
+    private let line = Locked<String?>(nil)
     func set(_ l: String?) { line.withLock { $0 = l } }
     var value: String? { line.withLock { $0 } }
 }

@@ -1,6 +1,5 @@
 internal import CMicroHTTPD
 import Foundation
-import Synchronization
 
 /// One HTTP request as the daemon received it, body complete.
 public struct HTTPRequest: Sendable {
@@ -112,22 +111,21 @@ public struct HTTPResponse: Sendable {
 
 /// A response that is ready later: the connection stays suspended, holding no
 /// daemon thread, until `resolve` is called once from any thread.
-public final class HTTPPromise: Sendable {
-    private struct State {
-        var value: HTTPResponse?
-        var onResolve: (@Sendable (HTTPResponse) -> Void)?
-    }
-    private let state = Mutex(State())
+public final class HTTPPromise: @unchecked Sendable {
+    // Guarded by `lock`.
+    private let lock = NSLock()
+    private var value: HTTPResponse?
+    private var onResolve: (@Sendable (HTTPResponse) -> Void)?
 
     public init() {}
 
     public func resolve(_ response: HTTPResponse) {
-        let callback = state.withLock { s -> (@Sendable (HTTPResponse) -> Void)? in
-            guard s.value == nil else { return nil }
-            s.value = response
-            defer { s.onResolve = nil }
-            return s.onResolve
-        }
+        lock.lock()
+        guard value == nil else { lock.unlock(); return }
+        value = response
+        let callback = onResolve
+        onResolve = nil
+        lock.unlock()
         callback?(response)
     }
 
@@ -138,11 +136,11 @@ public final class HTTPPromise: Sendable {
 
     /// Registers the daemon's continuation. Returns the response at once when it is already there.
     func observe(_ callback: @escaping @Sendable (HTTPResponse) -> Void) -> HTTPResponse? {
-        state.withLock { s in
-            if let value = s.value { return value }
-            s.onResolve = callback
-            return nil
-        }
+        lock.lock()
+        defer { lock.unlock() }
+        if let value { return value }
+        onResolve = callback
+        return nil
     }
 }
 

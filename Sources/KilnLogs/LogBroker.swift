@@ -1,6 +1,5 @@
 import Foundation
 import KilnCore
-import Synchronization
 
 /// What a subscriber reads next.
 public enum LogRead: Sendable {
@@ -47,7 +46,7 @@ public enum LogBudget {
 /// the number of subscribers; a subscriber that falls behind the window (lines already
 /// persisted and evicted) catches up from the store through `history`.
 public final class LogBroker: Sendable {
-    private let logs = Mutex<[String: WorkloadLog]>([:])
+    private let logs = Locked<[String: WorkloadLog]>([:])
     private let history: LogHistory?
     private let ending: LogEnding?
     private let frame: LogFrameEncoder?

@@ -1,6 +1,5 @@
 import Foundation
 import KilnCore
-import Synchronization
 
 /// A reader of one workload's log from a seq on, whether the workload still runs or
 /// ended long ago: what every stream reads through. Read it from one thread at a time.
@@ -11,13 +10,13 @@ import Synchronization
 /// looked for again shortly. A store error answers `.failed`, never a premature `.end`.
 ///
 /// `@unchecked Sendable`: `cursor` and `subscription` are touched only by the single
-/// reader; the waker is in a `Mutex`.
+/// reader; the waker is `Locked`.
 public final class LogCursor: @unchecked Sendable {
     public let id: String
     public private(set) var cursor: Int64
     private let broker: LogBroker
     private var subscription: LogSubscription?
-    private let waker = Mutex<(waker: (@Sendable () -> Void)?, cancelled: Bool)>((nil, false))
+    private let waker = Locked<(waker: (@Sendable () -> Void)?, cancelled: Bool)>((nil, false))
 
     init(broker: LogBroker, id: String, after: Int64) {
         self.broker = broker

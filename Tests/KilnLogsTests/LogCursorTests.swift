@@ -1,7 +1,6 @@
 import Foundation
 import Testing
 import KilnCore
-import Synchronization
 @testable import KilnLogs
 
 /// The one reading path: a cursor reads live logs and finished ones alike, and a store
@@ -88,7 +87,7 @@ import Synchronization
 }
 
 final class LockedFlag: Sendable {
-    private let flag = Mutex(false)
+    private let flag = Locked(false)
     func set() { flag.withLock { $0 = true } }
     var value: Bool { flag.withLock { $0 } }
 }
