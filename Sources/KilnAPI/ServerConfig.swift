@@ -16,6 +16,8 @@ public struct ServerConfig: Sendable {
     public var defaultTimeoutS: Int
     public var maxTimeoutS: Int
     public var heartbeatS: Int
+    /// `KILN_REQUEST_TIMEOUT_S`: the slow-client deadline (HTTPServer.Options.requestTimeoutSeconds).
+    public var requestTimeoutS: Int
     public var corsOrigins: [String]?
     public var logLevel: String
     /// `KILN_TOKENS_FILE`: further tokens, by SHA-256 digest.
@@ -103,6 +105,7 @@ public struct ServerConfig: Sendable {
             maxBodyBytes: try int("KILN_MAX_BODY_BYTES", min: 1),
             defaultTimeoutS: defaultTimeout, maxTimeoutS: maxTimeout,
             heartbeatS: try int("KILN_HEARTBEAT_S", min: 1, max: 3600),
+            requestTimeoutS: try int("KILN_REQUEST_TIMEOUT_S", min: 1, max: 3600),
             corsOrigins: cors.isEmpty ? nil : cors, logLevel: level,
             tokensFile: tokensFile.isEmpty ? nil : tokensFile, isolation: isolation,
             tokens: tokens)

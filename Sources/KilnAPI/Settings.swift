@@ -54,6 +54,8 @@ public enum Settings {
                 meaning: "the largest timeout a workload may ask for"),
         Setting(name: "KILN_HEARTBEAT_S", defaultValue: "15", shownDefault: "15",
                 meaning: "SSE keep-alive interval"),
+        Setting(name: "KILN_REQUEST_TIMEOUT_S", defaultValue: "30", shownDefault: "30",
+                meaning: "a request's head must arrive within this, and an idle keep-alive connection closes after it"),
         Setting(name: "KILN_CORS_ORIGINS", defaultValue: "", shownDefault: "unset",
                 meaning: "comma-separated origins allowed by CORS, or `*`"),
         Setting(name: "KILN_LOG_LEVEL", defaultValue: "info", shownDefault: "`info`",

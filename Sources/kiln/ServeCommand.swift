@@ -19,6 +19,7 @@ struct ServeCommand: ParsableCommand {
     @Option(parsing: .unconditional, help: ArgumentHelp(Settings.named("KILN_DEFAULT_TIMEOUT_S").help)) var defaultTimeoutS: String?
     @Option(parsing: .unconditional, help: ArgumentHelp(Settings.named("KILN_MAX_TIMEOUT_S").help)) var maxTimeoutS: String?
     @Option(parsing: .unconditional, help: ArgumentHelp(Settings.named("KILN_HEARTBEAT_S").help)) var heartbeatS: String?
+    @Option(parsing: .unconditional, help: ArgumentHelp(Settings.named("KILN_REQUEST_TIMEOUT_S").help)) var requestTimeoutS: String?
     @Option(parsing: .unconditional, help: ArgumentHelp(Settings.named("KILN_CORS_ORIGINS").help)) var corsOrigins: String?
     @Option(parsing: .unconditional, help: ArgumentHelp(Settings.named("KILN_LOG_LEVEL").help)) var logLevel: String?
     @Option(parsing: .unconditional, help: ArgumentHelp(Settings.named("KILN_TOKENS_FILE").help)) var tokensFile: String?
@@ -31,6 +32,7 @@ struct ServeCommand: ParsableCommand {
             "KILN_MAX_CONCURRENT": maxConcurrent, "KILN_QUEUE_LIMIT": queueLimit,
             "KILN_MAX_BODY_BYTES": maxBodyBytes, "KILN_DEFAULT_TIMEOUT_S": defaultTimeoutS,
             "KILN_MAX_TIMEOUT_S": maxTimeoutS, "KILN_HEARTBEAT_S": heartbeatS,
+            "KILN_REQUEST_TIMEOUT_S": requestTimeoutS,
             "KILN_CORS_ORIGINS": corsOrigins, "KILN_LOG_LEVEL": logLevel,
             "KILN_TOKENS_FILE": tokensFile, "KILN_ISOLATION": isolation,
             "KILN_ALLOW_UNAUTHENTICATED": allowUnauthenticated,

@@ -63,7 +63,8 @@ final class ServerRunner: @unchecked Sendable {
         let api = KilnAPI(config: config, engine: engine, logger: logger, version: ServerRunner.version,
                           metricsText: metricsText, accessLog: { line in try? out.write(contentsOf: Data((line + "\n").utf8)) })
         let server = HTTPServer(options: .init(host: config.host, port: config.port, maxBodyBytes: config.maxBodyBytes,
-                                               connectionLimit: max(64, files - 256)),
+                                               connectionLimit: max(64, files - 256),
+                                               requestTimeoutSeconds: config.requestTimeoutS),
                                 responder: api)
         try server.start()
         self.server = server
@@ -72,7 +73,7 @@ final class ServerRunner: @unchecked Sendable {
         let shownHost = config.host.contains(":") ? "[\(config.host)]" : config.host
         // One write, so that whoever sees the listening line sees the notice with it.
         var startLines = "kiln \(ServerRunner.version) listening on http://\(shownHost):\(server.boundPort)\n"
-        if let notice = ServerRunner.isolationNotice(engine.capabilities, allowed: config.isolation) {
+        if let notice = ServerRunner.isolationNotice(engine.capability, allowed: config.isolation) {
             startLines += notice + "\n"
         }
         try? out.write(contentsOf: Data(startLines.utf8))
@@ -80,13 +81,13 @@ final class ServerRunner: @unchecked Sendable {
 
     /// What the start line adds when no allowed backend isolates python and shell code
     /// (a fresh machine without bubblewrap or gVisor): why, and how to allow `process`.
-    static func isolationNotice(_ capabilities: [BackendCapabilities], allowed: Set<Isolation>) -> String? {
-        let isolating: [Isolation] = [.gvisor, .sandbox]
-        let usable = capabilities.filter { $0.available && allowed.contains($0.name) && isolating.contains($0.name) }
-        guard usable.isEmpty else { return nil }
-        let why = capabilities.filter { isolating.contains($0.name) }.map { cap -> String in
-            let state = !allowed.contains(cap.name) ? "not in KILN_ISOLATION" : (cap.reason ?? "unavailable")
-            return "\(cap.name.rawValue): \(state)"
+    /// Probes only what it must: the allowed isolating backends, cheapest first, until one works.
+    static func isolationNotice(_ capability: (Isolation) -> BackendCapabilities?, allowed: Set<Isolation>) -> String? {
+        let isolating: [Isolation] = [.sandbox, .gvisor]
+        if isolating.contains(where: { allowed.contains($0) && capability($0)?.available == true }) { return nil }
+        let why = [Isolation.gvisor, .sandbox].map { name -> String in
+            let state = !allowed.contains(name) ? "not in KILN_ISOLATION" : (capability(name)?.reason ?? "unavailable")
+            return "\(name.rawValue): \(state)"
         }.joined(separator: "; ")
         var text = "kiln: no isolating backend can run python or shell workloads here (\(why))."
         if !allowed.contains(.process) {
