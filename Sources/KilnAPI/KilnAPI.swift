@@ -90,7 +90,8 @@ public final class KilnAPI: HTTPResponder, @unchecked Sendable {
         r.add("GET", "/v1/workloads/{id}/logs/history", .read, onStore { [unowned self] req, c in
             .now(try history(req, id: c.parameters["id"]!, caller: c.caller))
         })
-        r.add("GET", "/v1/backends", .read) { [unowned self] _, c in .now(backends(c.caller)) }
+        // Listing backends probes those not probed yet (a real workload each): not on the daemon's threads.
+        r.add("GET", "/v1/backends", .read, onStore { [unowned self] _, c in .now(backends(c.caller)) })
         r.add("GET", "/v1/stats", .read, onStore { [unowned self] _, c in .now(try stats(c.caller)) })
         return r
     }

@@ -8,12 +8,22 @@ import Metrics
 
 /// Which backend runs a workload: the allowed list, `auto`, and why a choice is refused.
 extension Engine {
+    /// The named backend's capabilities, probed on first use; nil when it is not built in.
     public func capability(_ name: Isolation) -> BackendCapabilities? {
-        capabilities.first { $0.name == name }
+        probes.capability(name)
     }
 
+    /// Every backend's capabilities (probing those that have not been yet).
+    public var capabilities: [BackendCapabilities] { probes.all }
+
     func backend(_ name: Isolation) -> (any Backend)? {
-        backendList.first { $0.name == name }
+        probes.backend(name)
+    }
+
+    /// Whether `name` may be used here and runs `runtime` (probing it if it has not been).
+    private func able(_ name: Isolation, _ runtime: Runtime, _ allowed: Set<Isolation>) -> Bool {
+        guard allowed.contains(name), let cap = capability(name) else { return false }
+        return cap.available && cap.runtimes.contains(runtime)
     }
 
     /// The backends a caller may use: the server's list, narrowed by the token's own.
@@ -33,14 +43,13 @@ extension Engine {
         if isolation != .auto, !allowed.contains(isolation) {
             throw .isolationNotAllowed(requested: isolation, allowed: Engine.strength.filter(allowed.contains).map(\.rawValue))
         }
-        let able = capabilities.filter { $0.available && $0.runtimes.contains(runtime) && allowed.contains($0.name) }
-        let ableNames = Engine.strength.filter { name in able.contains { $0.name == name } }.map(\.rawValue)
+        // Only a refusal needs every backend probed: it lists those that could run this.
+        var ableNames: [String] { Engine.strength.filter { able($0, runtime, allowed) }.map(\.rawValue) }
         if isolation == .auto {
-            if runtime == .node, Engine.hasDefaultExport(code), able.contains(where: { $0.name == .isolate }),
-               let b = backend(.isolate) {
+            if runtime == .node, Engine.hasDefaultExport(code), able(.isolate, runtime, allowed), let b = backend(.isolate) {
                 return b
             }
-            for name in [Isolation.gvisor, .sandbox, .process] where able.contains(where: { $0.name == name }) {
+            for name in [Isolation.gvisor, .sandbox, .process] where able(name, runtime, allowed) {
                 if let b = backend(name) { return b }
             }
             throw .isolationUnavailable(requested: .auto, reason: "no allowed backend can run \(runtime.rawValue) here", available: ableNames)

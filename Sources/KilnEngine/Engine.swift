@@ -17,9 +17,8 @@ public final class Engine: @unchecked Sendable {
     public let broker: LogBroker
     let config: EngineConfig
     let logger: Logger
-    let backendList: [any Backend]
-    /// Probed once at start.
-    public let capabilities: [BackendCapabilities]
+    /// Each backend, probed when first needed (`capability(_:)`, `capabilities`).
+    let probes: BackendProbes
     let ids = ULIDGenerator()
     /// All store writes of log batches and terminal states, in order.
     let writerQueue = DispatchQueue(label: "kiln.store-writer")
@@ -41,10 +40,9 @@ public final class Engine: @unchecked Sendable {
     public init(store: any WorkloadStore, broker: LogBroker, backends: [any Backend], config: EngineConfig, logger: Logger) {
         self.store = store
         self.broker = broker
-        self.backendList = backends
+        self.probes = BackendProbes(backends)
         self.config = config
         self.logger = logger
-        self.capabilities = backends.map { $0.capabilities() }
         try? FileManager.default.createDirectory(atPath: config.workRoot, withIntermediateDirectories: true)
     }
 
@@ -81,6 +79,6 @@ public final class Engine: @unchecked Sendable {
         }
         idle.unlock()
         writerQueue.sync {}
-        for b in backendList { b.shutdown() }
+        for b in probes.backends { b.shutdown() }
     }
 }
