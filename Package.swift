@@ -96,10 +96,10 @@ let package = Package(
         .systemLibrary(name: "CLibFuzzer", path: "CModules/CLibFuzzer"),
         .executableTarget(name: "KilnFuzz", dependencies: ["KilnFuzzSupport", "CLibFuzzer"]),
         .target(name: "KilnTestSupport", dependencies: ["KilnCore"], path: "Tests/KilnTestSupport"),
-        .testTarget(name: "KilnCoreTests", dependencies: ["KilnCore"]),
+        .testTarget(name: "KilnCoreTests", dependencies: ["KilnCore", "KilnTestSupport"]),
         .testTarget(name: "KilnHTTPTests", dependencies: ["KilnHTTP", "KilnTestSupport"]),
-        .testTarget(name: "KilnLogsTests", dependencies: ["KilnLogs", "KilnCore"]),
-        .testTarget(name: "KilnStoreTests", dependencies: ["KilnStore", "KilnCore"]),
+        .testTarget(name: "KilnLogsTests", dependencies: ["KilnLogs", "KilnCore", "KilnTestSupport"]),
+        .testTarget(name: "KilnStoreTests", dependencies: ["KilnStore", "KilnCore", "KilnTestSupport"]),
         .testTarget(name: "KilnEngineTests", dependencies: ["KilnEngine", "KilnBackends", "KilnLogs", "KilnStore", "KilnCore",
                                                             "KilnProcess", "KilnTestSupport"]),
         // Depends on the executable so that `swift test` builds the binary it runs (KILN_BIN overrides it).

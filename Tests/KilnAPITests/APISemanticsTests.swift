@@ -5,7 +5,7 @@ import KilnTestSupport
 
 /// API semantics in process (`InProcessKiln`): the same requests the binary answers, with
 /// no socket or child server to start. Moved here from the live-binary `APITests`.
-@Suite(.timeLimit(.minutes(10))) struct APISemanticsTests {
+@Suite(.timeLimit(.minutes(10)), .ownThread) struct APISemanticsTests {
     @Test func badBodiesGetClearErrors() throws {
         let s = try InProcessKiln()
         let cases: [(String, Int, String?)] = [

@@ -7,7 +7,7 @@ import KilnTestSupport
 /// invariant, and the harness decodes requests the way the daemon does.
 /// Serialized: the tests share `FuzzHarness.shared`, whose last answer and access line are
 /// per-check state.
-@Suite(.serialized, .timeLimit(.minutes(10))) struct FuzzCorpusTests {
+@Suite(.serialized, .timeLimit(.minutes(10)), .ownThread) struct FuzzCorpusTests {
     @Test func theSeedCorpusKeepsEveryInvariant() throws {
         let folder = "\(KilnServer.packageRoot)/Tests/fuzz-corpus"
         let names = try FileManager.default.contentsOfDirectory(atPath: folder).sorted()

@@ -1,4 +1,5 @@
 import Foundation
+import KilnTestSupport
 import Testing
 import KilnCore
 import KilnHTTP
@@ -7,7 +8,7 @@ import KilnLogs
 
 /// A stream whose store fails ends with `event: error`, never with an `end` that would
 /// tell the client it has every line.
-@Suite(.timeLimit(.minutes(10))) struct LogStreamSourceTests {
+@Suite(.timeLimit(.minutes(10)), .ownThread) struct LogStreamSourceTests {
     struct StoreDown: Error {}
 
     @Test func aStoreErrorEndsTheStreamWithAnErrorEvent() throws {

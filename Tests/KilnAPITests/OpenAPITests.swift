@@ -8,7 +8,7 @@ import KilnTestSupport
 @testable import KilnEngine
 
 /// docs/openapi.yaml validates, and documents exactly the routes the server registers.
-@Suite(.timeLimit(.minutes(10))) struct OpenAPITests {
+@Suite(.timeLimit(.minutes(10)), .ownThread) struct OpenAPITests {
     @Test func theDocumentValidatesAndMatchesTheRouter() throws {
         let api = try TestAPI.make()
         let routes = api.routeTable.map { "\($0.method) \($0.template)" }

@@ -10,7 +10,7 @@ import KilnTestSupport
 @testable import KilnEngine
 
 /// Every route states who may call it, and only `/healthz` and `/metrics` are open.
-@Suite(.timeLimit(.minutes(10))) struct RouteAccessTests {
+@Suite(.timeLimit(.minutes(10)), .ownThread) struct RouteAccessTests {
     @Test func everyRouteHasTheAccessRuleTheAccessTestsExpect() throws {
         let api = try TestAPI.make()
         let actual = api.router.accessTable.map { "\($0.method) \($0.template) \($0.access.permission?.rawValue ?? "open")" }
@@ -69,7 +69,7 @@ extension Permission {
 
 /// Requests that touch the store are answered from the store queue, never on the daemon
 /// thread that called `respond`: their answer is always deferred.
-@Suite(.timeLimit(.minutes(10))) struct StoreOffloadTests {
+@Suite(.timeLimit(.minutes(10)), .ownThread) struct StoreOffloadTests {
     @Test func storeRoutesAnswerLater() throws {
         let api = try TestAPI.make()
         let id = "01JKQX7V8MZRN3B4HTGFWDCS9E"

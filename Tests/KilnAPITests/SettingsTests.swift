@@ -5,7 +5,7 @@ import KilnTestSupport
 
 /// `Settings.all` is the one table of `KILN_*` settings: the README's configuration table
 /// and `kiln serve --help` must say the same.
-@Suite(.timeLimit(.minutes(10))) struct SettingsTests {
+@Suite(.timeLimit(.minutes(10)), .ownThread) struct SettingsTests {
     @Test func theReadmeTableIsTheRegistry() throws {
         let readme = try String(contentsOfFile: "\(KilnServer.packageRoot)/README.md", encoding: .utf8)
         let section = try #require(readme.range(of: "## Configuration").map { readme[$0.upperBound...] })

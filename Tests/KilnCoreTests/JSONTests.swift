@@ -1,8 +1,9 @@
 import Foundation
+import KilnTestSupport
 import Testing
 @testable import KilnCore
 
-@Suite(.timeLimit(.minutes(10))) struct JSONTests {
+@Suite(.timeLimit(.minutes(10)), .ownThread) struct JSONTests {
     @Test func parsesAndEncodesEveryKind() throws {
         let v = try JSON.parse(#"{"a": [1, 2.5, "x\n\"y", true, null, {"b": -7}]}"#)
         #expect(v["a"]?.arrayValue?.count == 6)
@@ -35,7 +36,7 @@ import Testing
     }
 }
 
-@Suite(.timeLimit(.minutes(10))) struct ULIDTests {
+@Suite(.timeLimit(.minutes(10)), .ownThread) struct ULIDTests {
     @Test func idsAreValidAndIncreaseWithinOneMillisecond() {
         let g = ULIDGenerator()
         let now = Date()
@@ -63,14 +64,14 @@ import Testing
     }
 }
 
-@Suite(.timeLimit(.minutes(10))) struct TimeTests {
+@Suite(.timeLimit(.minutes(10)), .ownThread) struct TimeTests {
     @Test func formatsRFC3339WithMilliseconds() {
         #expect(Millis.rfc3339(0) == "1970-01-01T00:00:00.000Z")
         #expect(Millis.rfc3339(1_795_672_800_043) == "2026-11-26T06:00:00.043Z")
     }
 }
 
-@Suite(.timeLimit(.minutes(10))) struct StateMachineTests {
+@Suite(.timeLimit(.minutes(10)), .ownThread) struct StateMachineTests {
     @Test func allowedTransitionsAreExactlyTheSpecs() {
         let allowed: Set<String> = ["pending>running", "pending>killed", "pending>failed",
                                     "running>completed", "running>failed", "running>killed"]
@@ -83,7 +84,7 @@ import Testing
 }
 
 /// The model's JSON mapping goes both ways without loss (the CLI reads what the server writes).
-@Suite(.timeLimit(.minutes(10))) struct ModelMappingTests {
+@Suite(.timeLimit(.minutes(10)), .ownThread) struct ModelMappingTests {
     @Test func aRecordSurvivesItsJSON() throws {
         let full = WorkloadRecord(id: "01JKQX7V8MZRN3B4HTGFWDCS9E", status: .failed, runtime: .python, isolation: .auto,
                                   isolationUsed: .sandbox, exitCode: 3, outputJSON: #"{"a":[1,"x"]}"#, outputTruncated: true,

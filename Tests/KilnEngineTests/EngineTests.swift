@@ -62,7 +62,7 @@ final class Box<T: Sendable>: @unchecked Sendable {
     func wait() -> T { semaphore.wait(); return value! }
 }
 
-@Suite(.timeLimit(.minutes(10))) struct EngineTests {
+@Suite(.timeLimit(.minutes(10)), .ownThread) struct EngineTests {
     @Test func pythonRunsWithInputAndItsOutputIsParsed() throws {
         let h = try EngineHarness()
         let r = try h.run(h.request(.python, """

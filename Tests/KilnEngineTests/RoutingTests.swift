@@ -1,5 +1,6 @@
 import Foundation
 import Logging
+import KilnTestSupport
 import Testing
 import KilnCore
 import KilnLogs
@@ -8,7 +9,7 @@ import KilnStore
 import KilnBackends
 
 /// `auto` and explicit isolation against real backends in different sets.
-@Suite(.timeLimit(.minutes(10))) struct RoutingTests {
+@Suite(.timeLimit(.minutes(10)), .ownThread) struct RoutingTests {
     func engine(_ names: [Isolation], allowed: Set<Isolation> = Set(Isolation.allCases)) throws -> Engine {
         let root = NSTemporaryDirectory() + "kiln-routing-\(UUID().uuidString.prefix(8))"
         let logger = Logger(label: "test")
@@ -86,7 +87,7 @@ import KilnBackends
 }
 
 /// The isolation policy (`KILN_ISOLATION`, narrowed by a token's own list).
-@Suite(.timeLimit(.minutes(10))) struct IsolationPolicyRoutingTests {
+@Suite(.timeLimit(.minutes(10)), .ownThread) struct IsolationPolicyRoutingTests {
     let routing = RoutingTests()
 
     @Test func processIsOffByDefaultAndAutoNeverFallsBackToIt() throws {

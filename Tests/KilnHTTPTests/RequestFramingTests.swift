@@ -1,8 +1,9 @@
+import KilnTestSupport
 import Testing
 @testable import KilnHTTP
 
 /// The framing rules Kiln adds to libmicrohttpd's parser (request smuggling, RFC 9112).
-@Suite(.timeLimit(.minutes(10))) struct RequestFramingTests {
+@Suite(.timeLimit(.minutes(10)), .ownThread) struct RequestFramingTests {
     func problem(_ headers: [(String, String)], version: String = "HTTP/1.1", folded: Bool = false) -> String? {
         RequestFraming.problem(version: version, headers: headers.map { (name: $0.0, value: $0.1) }, folded: folded)
     }

@@ -1,9 +1,10 @@
+import KilnTestSupport
 import Testing
 @testable import KilnHTTP
 
 /// The request target is parsed once (RFC 9112 section 3.2): what routing and
 /// authentication see comes from here.
-@Suite(.timeLimit(.minutes(10))) struct RequestTargetTests {
+@Suite(.timeLimit(.minutes(10)), .ownThread) struct RequestTargetTests {
     func parse(_ raw: String, _ method: String = "GET") -> Result<RequestTarget, RequestTarget.ParseError> {
         RequestTarget.parse(Array(raw.utf8), method: method)
     }

@@ -4,7 +4,7 @@ import KilnTestSupport
 @testable import KilnHTTP
 
 /// Slow clients (slowloris) against an in-process server with a 1 s request deadline.
-@Suite(.timeLimit(.minutes(10))) struct SlowClientTests {
+@Suite(.timeLimit(.minutes(10)), .ownThread) struct SlowClientTests {
     struct Echo: HTTPResponder {
         func respond(to request: HTTPRequest) -> HTTPResult {
             if let refusal = request.refusal { return .now(HTTPResponse(status: SlowClientTests.status(refusal))) }

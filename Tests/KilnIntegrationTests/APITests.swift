@@ -4,9 +4,9 @@ import KilnCore
 import KilnTestSupport
 
 /// The real `kiln` binary on a free port, driven by curl.
-@Suite(.timeLimit(.minutes(10))) struct APITests {
+@Suite(.timeLimit(.minutes(10)), .ownThread) struct APITests {
     @Test func syncSubmitReturnsTheTerminalRecord() throws {
-        let s = try KilnServer.start()
+        let s = try KilnServer.start(isolation: KilnServer.allBackends)
         let r = try s.run(#"{"runtime": "python", "code": "import sys, json\nd = json.load(sys.stdin)\nprint(json.dumps({'sum': d['a'] + d['b']}))", "input": {"a": 1, "b": 2}}"#)
         #expect(r["status"] == .string("completed"))
         #expect(r["output"] == .object([("sum", .int(3))]))

@@ -5,7 +5,7 @@ import KilnTestSupport
 
 /// Tokens, roles and tenants against the real server: every caller against every route,
 /// on a workload of its own tenant and of another.
-@Suite(.timeLimit(.minutes(10))) struct AccessControlTests {
+@Suite(.timeLimit(.minutes(10)), .ownThread) struct AccessControlTests {
     struct Token {
         var name: String
         var tenant: String

@@ -4,7 +4,7 @@ import KilnCore
 import KilnTestSupport
 
 /// The `kiln` client subcommands against the real server.
-@Suite(.timeLimit(.minutes(10))) struct CLITests {
+@Suite(.timeLimit(.minutes(10)), .ownThread) struct CLITests {
     func kiln(_ s: KilnServer?, _ args: [String], server: String? = nil) throws -> (status: Int32, out: String, err: String) {
         var full = args
         full += ["--server", server ?? s!.baseURL]

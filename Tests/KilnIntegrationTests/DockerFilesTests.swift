@@ -5,7 +5,7 @@ import KilnTestSupport
 /// The compose file requires a token and publishes on loopback only. No Docker engine (nor
 /// Compose v2) runs here, so the file is read as YAML; the image's own refusal to start
 /// without a token is checked by docker/check-image.sh (needs root and a release build).
-@Suite(.timeLimit(.minutes(10))) struct DockerFilesTests {
+@Suite(.timeLimit(.minutes(10)), .ownThread) struct DockerFilesTests {
     @Test func composeRequiresATokenAndBindsToLoopback() throws {
         let script = """
         import sys, yaml

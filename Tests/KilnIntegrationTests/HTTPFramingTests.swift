@@ -6,7 +6,7 @@ import KilnTestSupport
 /// Requests whose framing is ambiguous (request smuggling) or broken, over raw sockets:
 /// Kiln answers 400 with a JSON error and closes, so nothing after the head is read as a
 /// next request.
-@Suite(.timeLimit(.minutes(10))) struct HTTPFramingTests {
+@Suite(.timeLimit(.minutes(10)), .ownThread) struct HTTPFramingTests {
     static let smuggled = "GET /v1/workloads/SMUGGLED HTTP/1.1\r\nHost: x\r\n\r\n"
 
     func expectRefused(_ s: KilnServer, _ request: String, code: String = "bad_request", status: Int = 400,

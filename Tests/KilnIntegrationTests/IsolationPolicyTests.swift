@@ -5,7 +5,7 @@ import KilnTestSupport
 
 /// `KILN_ISOLATION` from outside: `process` (no isolation, the server's own rights) is off
 /// unless listed, `auto` picks only allowed backends, and `/v1/backends` says which are.
-@Suite(.timeLimit(.minutes(10))) struct IsolationPolicyTests {
+@Suite(.timeLimit(.minutes(10)), .ownThread) struct IsolationPolicyTests {
     @Test func processIsRefusedByDefault() throws {
         let s = try KilnServer.start(isolation: nil)
         defer { s.stop() }

@@ -7,7 +7,7 @@ enum IsolationServer {
     /// A server that has `backend`. Tests that call this are enabled only where the backend
     /// is available (`Backends.runnable`), or where it is required: then its absence fails.
     static func server(for backend: String) throws -> KilnServer {
-        let s = try KilnServer.start(env: ["KILN_MAX_CONCURRENT": "24"])
+        let s = try KilnServer.start(env: ["KILN_MAX_CONCURRENT": "24"], isolation: KilnServer.allBackends)
         try require(s, backend)
         return s
     }
@@ -151,7 +151,7 @@ struct EscapeChecks {
 }
 
 /// Escape attempts and robustness of the V8 isolate backend.
-@Suite(.enabled(if: Backends.runnable("sandbox"), "needs the sandbox backend (bubblewrap, as root)"), .timeLimit(.minutes(5)))
+@Suite(.enabled(if: Backends.runnable("sandbox"), "needs the sandbox backend (bubblewrap, as root)"), .timeLimit(.minutes(5)), .ownThread)
 struct SandboxEscapeTests {
     @Test func escapeAttemptsAreRefused() throws { try EscapeChecks().escapeAttemptsAreRefused("sandbox") }
     @Test func shellAndNodeRunInside() throws { try EscapeChecks().shellAndNodeRunInside("sandbox") }
@@ -160,7 +160,7 @@ struct SandboxEscapeTests {
     @Test func deleteEndsTheSandbox() throws { try EscapeChecks().deleteEndsTheSandbox("sandbox") }
 }
 
-@Suite(.enabled(if: Backends.runnable("gvisor"), "needs the gvisor backend (runsc, as root)"), .timeLimit(.minutes(5)))
+@Suite(.enabled(if: Backends.runnable("gvisor"), "needs the gvisor backend (runsc, as root)"), .timeLimit(.minutes(5)), .ownThread)
 struct GVisorEscapeTests {
     @Test func escapeAttemptsAreRefused() throws { try EscapeChecks().escapeAttemptsAreRefused("gvisor") }
     @Test func shellAndNodeRunInside() throws { try EscapeChecks().shellAndNodeRunInside("gvisor") }
@@ -169,7 +169,7 @@ struct GVisorEscapeTests {
     @Test func deleteEndsTheSandbox() throws { try EscapeChecks().deleteEndsTheSandbox("gvisor") }
 }
 
-@Suite(.enabled(if: Backends.runnable("isolate"), "needs the isolate backend (Node 20)"), .timeLimit(.minutes(5)))
+@Suite(.enabled(if: Backends.runnable("isolate"), "needs the isolate backend (Node 20)"), .timeLimit(.minutes(5)), .ownThread)
 struct IsolateBackendTests {
     func run(_ s: KilnServer, _ code: String, input: JSON = .null, mem: Int? = nil, timeout: Int? = nil) throws -> JSON {
         var resources: [(String, JSON)] = []
@@ -308,11 +308,11 @@ final class Listener: @unchecked Sendable {
 }
 
 /// Lifecycles of what the backends keep outside a single workload.
-@Suite(.timeLimit(.minutes(5))) struct BackendLifecycleTests {
+@Suite(.timeLimit(.minutes(5)), .ownThread) struct BackendLifecycleTests {
     @Test(.enabled(if: Backends.runnable("gvisor"), "needs the gvisor backend (runsc, as root)"))
     func gVisorLeftoversOfAKilledServerAreSweptAtTheNextStart() throws {
         let dir = KilnServer.tempDir()
-        let first = try KilnServer.start(db: "\(dir)/kiln.db")
+        let first = try KilnServer.start(db: "\(dir)/kiln.db", isolation: KilnServer.allBackends)
         try IsolationServer.require(first, "gvisor")
         let id = try first.submit(#"{"runtime": "python", "isolation": "gvisor", "code": "import time\nprint('up', flush=True)\ntime.sleep(600)"}"#)
         var up = false
@@ -324,7 +324,7 @@ final class Listener: @unchecked Sendable {
         let state = "\(dir)/state/gvisor/\(id)"
         #expect(FileManager.default.fileExists(atPath: state))
         first.stop(signal: SIGKILL)
-        let second = try KilnServer.start(db: "\(dir)/kiln.db")
+        let second = try KilnServer.start(db: "\(dir)/kiln.db", isolation: KilnServer.allBackends)
         #expect(!FileManager.default.fileExists(atPath: state))
         #expect(!ProcessTable.exists(state))
         let (_, r) = try second.json("GET", "/v1/workloads/\(id)")

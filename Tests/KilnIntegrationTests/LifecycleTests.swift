@@ -4,7 +4,7 @@ import KilnCore
 import KilnTestSupport
 
 /// Stopping, killing and restarting the real server on the same database.
-@Suite(.timeLimit(.minutes(10))) struct LifecycleTests {
+@Suite(.timeLimit(.minutes(10)), .ownThread) struct LifecycleTests {
     @Test func sigkillMidWorkloadThenRestartMarksItFailedAndItsTreeIsGone() throws {
         let dir = KilnServer.tempDir()
         let db = "\(dir)/kiln.db"
@@ -52,13 +52,19 @@ import KilnTestSupport
         try s.waitRunning(id)
         #expect(try s.json("GET", "/v1/workloads/\(pending)").1["status"] == .string("pending"))
         let streams = try (0..<3).map { _ in try SSEClient.start("\(s.baseURL)/v1/workloads/\(id)/logs", ["--summary"]) }
-        usleep(800_000)
+        // The three streams are open (a busy machine may take seconds to start the clients).
+        let connected = Date().addingTimeInterval(30)
+        while try s.json("GET", "/v1/stats").1["sse_subscribers"] != .int(3) {
+            try #require(Date() < connected, "the three streams did not connect within 30 s")
+            usleep(20_000)
+        }
+        usleep(300_000)
         let status = s.stop(signal: SIGTERM)
         #expect(status == 0)
         #expect(!ProcessTable.exists(marker))
         for stream in streams {
             let c = try stream.wait()["connections"]?.arrayValue?.first ?? .null
-            #expect(c["ended"] == .bool(true))
+            #expect(c["ended"] == .bool(true), "\(c)")
             #expect(c["in_order"] == .bool(true))
             let end = try JSON.parse(c["end"]?["data"]?.stringValue ?? "{}")
             #expect(end["error"] == .string("server shutdown"))

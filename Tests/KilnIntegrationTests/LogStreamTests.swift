@@ -4,7 +4,7 @@ import KilnCore
 import KilnTestSupport
 
 /// `GET /v1/workloads/{id}/logs` against the real binary: curl -N and a raw-socket reader.
-@Suite(.timeLimit(.minutes(10))) struct LogStreamTests {
+@Suite(.timeLimit(.minutes(10)), .ownThread) struct LogStreamTests {
     /// A shell loop printing `line 1` … `line n`, `pause` seconds apart.
     func counting(_ n: Int, pause: String = "0") -> String {
         #"{"runtime": "shell", "code": "i=1; while [ $i -le \#(n) ]; do echo line $i; i=$((i+1)); [ \#(pause) = 0 ] || sleep \#(pause); done"}"#

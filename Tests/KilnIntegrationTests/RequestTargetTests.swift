@@ -5,7 +5,7 @@ import KilnTestSupport
 
 /// Request targets against the real server, as a hostile client sends them. Each request
 /// is a valid submission: if any handler ran for it, a workload would exist afterwards.
-@Suite(.timeLimit(.minutes(10))) struct RequestTargetFormTests {
+@Suite(.timeLimit(.minutes(10)), .ownThread) struct RequestTargetFormTests {
     static let token = "target-token"
     static let body = #"{"runtime": "shell", "code": "true"}"#
 

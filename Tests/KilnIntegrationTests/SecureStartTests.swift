@@ -5,7 +5,7 @@ import KilnTestSupport
 
 /// Safe start (no token, no network), `KILN_*_FILE` secrets, and what the server's own
 /// output never contains.
-@Suite(.timeLimit(.minutes(10))) struct SecureStartTests {
+@Suite(.timeLimit(.minutes(10)), .ownThread) struct SecureStartTests {
     /// Runs `kiln serve` with `env` (no other KILN_ variable) until it prints its listening
     /// line or exits; returns (exit status or nil while running, stdout, stderr).
     func serve(_ args: [String], env: [String: String] = [:]) throws -> (Int32?, String, String) {

@@ -1,7 +1,8 @@
+import KilnTestSupport
 import Testing
 @testable import KilnLogs
 
-@Suite(.timeLimit(.minutes(10))) struct LineSplitterTests {
+@Suite(.timeLimit(.minutes(10)), .ownThread) struct LineSplitterTests {
     func split(_ chunks: [[UInt8]], max: Int = LineSplitter.defaultMaxLineBytes) -> [String] {
         var s = LineSplitter(maxLineBytes: max)
         var out: [String] = []

@@ -1,9 +1,10 @@
 import Foundation
+import KilnTestSupport
 import Testing
 import KilnCore
 @testable import KilnLogs
 
-@Suite(.timeLimit(.minutes(10))) struct LogBrokerTests {
+@Suite(.timeLimit(.minutes(10)), .ownThread) struct LogBrokerTests {
     func line(_ seq: Int64, _ text: String? = nil) -> LogLine {
         LogLine(seq: seq, stream: .stdout, ts: 0, line: text ?? "line \(seq)")
     }

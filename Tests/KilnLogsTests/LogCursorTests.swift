@@ -1,11 +1,12 @@
 import Foundation
+import KilnTestSupport
 import Testing
 import KilnCore
 @testable import KilnLogs
 
 /// The one reading path: a cursor reads live logs and finished ones alike, and a store
 /// error stops it with `.failed`, never with an `end` that would hide missing lines.
-@Suite(.timeLimit(.minutes(10))) struct LogCursorTests {
+@Suite(.timeLimit(.minutes(10)), .ownThread) struct LogCursorTests {
     struct StoreDown: Error {}
 
     func line(_ seq: Int64) -> LogLine { LogLine(seq: seq, stream: .stdout, ts: 0, line: "line \(seq)") }

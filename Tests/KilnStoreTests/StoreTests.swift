@@ -1,9 +1,10 @@
 import Foundation
+import KilnTestSupport
 import Testing
 import KilnCore
 @testable import KilnStore
 
-@Suite(.timeLimit(.minutes(10))) struct StoreTests {
+@Suite(.timeLimit(.minutes(10)), .ownThread) struct StoreTests {
     let ids = ULIDGenerator()
 
     func record(_ status: WorkloadStatus = .pending, runtime: Runtime = .shell) -> WorkloadRecord {

@@ -11,7 +11,7 @@ public enum Backends {
 
     /// name → the reason it is unavailable (nil: available).
     static let probed: [String: String?] = {
-        guard let s = try? KilnServer.start(), let list = try? s.json("GET", "/v1/backends").1["backends"]?.arrayValue else {
+        guard let s = try? KilnServer.start(isolation: KilnServer.allBackends), let list = try? s.json("GET", "/v1/backends").1["backends"]?.arrayValue else {
             return [:]
         }
         s.stop()
