@@ -33,7 +33,7 @@ let package = Package(
         // clients: the only importer of CMicroHTTPD.
         .target(name: "KilnHTTP", dependencies: ["CMicroHTTPD"]),
         // Child processes: spawning into a PID namespace, pipes, process-wide limits.
-        .target(name: "KilnProcess", dependencies: ["CKilnSys"]),
+        .target(name: "KilnProcess", dependencies: ["CKilnSys", "KilnCore"]),
         // Shared value types: JSON, ULID, workload model, time formatting.
         .target(name: "KilnCore"),
         // The live log: the broker (window, cursors, catch-up) and line splitting.

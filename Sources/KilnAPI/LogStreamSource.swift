@@ -171,9 +171,9 @@ final class LogStreamSource: HTTPStreamSource, @unchecked Sendable {
 /// over ten slots a tenth of the interval apart: waking 19,000 at one instant stalls the
 /// daemon threads for everything else.
 ///
-/// `@unchecked Sendable` only for `timer` (a DispatchSourceTimer, thread-safe but not
-/// marked Sendable); the streams are `Locked`.
-final class HeartbeatHub: @unchecked Sendable {
+/// The streams and the timer (a DispatchSourceTimer, thread-safe but not marked
+/// Sendable) are `Locked`.
+final class HeartbeatHub: Sendable {
     static let slots = 10
     private struct State {
         var sources: [[ObjectIdentifier: LogStreamSource]] = Array(repeating: [:], count: HeartbeatHub.slots)
@@ -182,17 +182,18 @@ final class HeartbeatHub: @unchecked Sendable {
         var tick = 0
     }
     private let state = Locked(State())
-    private let timer: DispatchSourceTimer
+    private let timer: Locked<any DispatchSourceTimer>
 
     init(intervalSeconds: Int) {
         let step = max(1, intervalSeconds * 1000 / HeartbeatHub.slots)
-        timer = DispatchSource.makeTimerSource(queue: DispatchQueue(label: "kiln.heartbeat"))
-        timer.schedule(deadline: .now() + .milliseconds(step), repeating: .milliseconds(step), leeway: .milliseconds(20))
-        timer.setEventHandler { [weak self] in self?.beat() }
-        timer.resume()
+        let t = DispatchSource.makeTimerSource(queue: DispatchQueue(label: "kiln.heartbeat"))
+        timer = Locked(t)
+        t.schedule(deadline: .now() + .milliseconds(step), repeating: .milliseconds(step), leeway: .milliseconds(20))
+        t.setEventHandler { [weak self] in self?.beat() }
+        t.resume()
     }
 
-    deinit { timer.cancel() }
+    deinit { timer.withLock { $0.cancel() } }
 
     func add(_ source: LogStreamSource) {
         state.withLock { s in

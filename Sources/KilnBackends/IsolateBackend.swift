@@ -8,7 +8,7 @@ import Logging
 /// started when first needed, restarted when it dies, stopped with Kiln. Each workload runs
 /// in a worker of its own with heap limits from `mem_mb`, in a `vm` context holding only
 /// `console`; its default export's return value is the output.
-public final class IsolateBackend: Backend, @unchecked Sendable {
+public final class IsolateBackend: Backend, Sendable {
     public let name: Isolation = .isolate
     let host: IsolateHost
 
@@ -40,16 +40,17 @@ public final class IsolateBackend: Backend, @unchecked Sendable {
 }
 
 /// The Node host process and the runs in flight on it.
-final class IsolateHost: @unchecked Sendable {
+final class IsolateHost: Sendable {
     let nodePath: String?
     let scriptFolder: String
     let logger: Logger
-    // Guarded by `lock`.
-    private let lock = NSLock()
-    private var child: ChildProcess?
-    private var runs: [String: IsolateRun] = [:]
-    private var stopped = false
-    private var generation = 0
+    private struct State {
+        var child: ChildProcess?
+        var runs: [String: IsolateRun] = [:]
+        var stopped = false
+        var generation = 0
+    }
+    private let state = Locked(State())
 
     init(nodePath: String?, scriptFolder: String, logger: Logger) {
         self.nodePath = nodePath
@@ -69,21 +70,24 @@ final class IsolateHost: @unchecked Sendable {
     }
 
     func stop() {
-        lock.lock()
-        stopped = true
-        let c = child
-        child = nil
-        lock.unlock()
+        let c = state.withLock { s in
+            s.stopped = true
+            defer { s.child = nil }
+            return s.child
+        }
         c?.closeStdin()
         c?.stop()
     }
 
     /// The running host, started on demand.
     private func ensureHost() throws -> ChildProcess {
-        lock.lock()
-        defer { lock.unlock() }
-        if stopped { throw SpawnError(description: "the isolate host is stopped") }
-        if let child { return child }
+        // Held through the spawn: a second caller waits for this host instead of starting one.
+        try state.withLock { s in try ensureHost(&s) }
+    }
+
+    private func ensureHost(_ s: inout State) throws -> ChildProcess {
+        if s.stopped { throw SpawnError(description: "the isolate host is stopped") }
+        if let child = s.child { return child }
         guard let nodePath else { throw SpawnError(description: "node is not installed") }
         try FileManager.default.createDirectory(atPath: scriptFolder, withIntermediateDirectories: true)
         let script = "\(scriptFolder)/host.mjs"
@@ -92,9 +96,9 @@ final class IsolateHost: @unchecked Sendable {
             executable: nodePath, arguments: ["node", script],
             environment: ["PATH": RuntimeLocator.minimalPath, "HOME": scriptFolder],
             workingDirectory: scriptFolder, usePIDNamespace: ChildProcess.pidNamespacesWork, stdinPipe: true))
-        child = c
-        generation += 1
-        let gen = generation
+        s.child = c
+        s.generation += 1
+        let gen = s.generation
         let thread = Thread { [self] in readLoop(c, generation: gen) }
         thread.name = "kiln-isolate-host"
         thread.start()
@@ -125,11 +129,11 @@ final class IsolateHost: @unchecked Sendable {
             }
         }, onTick: {})
         splitter.finish { dispatch($0) }
-        lock.lock()
-        if generation == gen { child = nil }
-        let orphans = runs
-        runs.removeAll()
-        lock.unlock()
+        let orphans = state.withLock { s in
+            if s.generation == gen { s.child = nil }
+            defer { s.runs.removeAll() }
+            return s.runs
+        }
         if !orphans.isEmpty || exit.status != 0 {
             logger.warning("isolate host exited with status \(exit.status); \(orphans.count) runs failed")
         }
@@ -149,10 +153,10 @@ final class IsolateHost: @unchecked Sendable {
             logger.warning("isolate host: \(msg["error"]?.stringValue ?? text)")
             return
         }
-        lock.lock()
-        let run = runs[id]
-        if type != "log" { runs[id] = nil }
-        lock.unlock()
+        let run = state.withLock { s in
+            defer { if type != "log" { s.runs[id] = nil } }
+            return s.runs[id]
+        }
         guard let run else { return }
         switch type {
         case "log":
@@ -174,18 +178,14 @@ final class IsolateHost: @unchecked Sendable {
         } catch {
             return ExecutionResult(exitCode: nil, error: "cannot start the isolate host: \(error)")
         }
-        lock.lock()
-        runs[spec.id] = run
-        lock.unlock()
+        state.withLock { $0.runs[spec.id] = run }
         let input = (try? JSON.parse(spec.inputJSON)) ?? .null
         let message = JSON.object([
             ("type", .string("run")), ("id", .string(spec.id)), ("code", .string(spec.code)), ("input", input),
             ("mem_mb", .int(Int64(spec.resources.memMB))), ("timeout_ms", .int(Int64(min(spec.resources.timeoutS, 2_000_000)) * 1000)),
         ])
         guard host.writeStdin(message.encoded() + [0x0A]) else {
-            lock.lock()
-            runs[spec.id] = nil
-            lock.unlock()
+            state.withLock { $0.runs[spec.id] = nil }
             return ExecutionResult(exitCode: nil, error: "the isolate host is not accepting work")
         }
         cancellation.onCancel {
@@ -210,9 +210,7 @@ final class IsolateHost: @unchecked Sendable {
             case nil:
                 writer.tick()
                 if Date() > backstop {
-                    lock.lock()
-                    runs[spec.id] = nil
-                    lock.unlock()
+                    state.withLock { $0.runs[spec.id] = nil }
                     return ExecutionResult(exitCode: nil, timedOut: true, error: "timed out after \(spec.resources.timeoutS) s (the isolate host did not answer)")
                 }
             }
@@ -221,6 +219,8 @@ final class IsolateHost: @unchecked Sendable {
 }
 
 /// Messages for one run, posted by the reader thread and taken by the run's own thread.
+/// `@unchecked Sendable`: its queue is guarded by an NSCondition, for the timed wait that
+/// `Locked` and `Mutex` lack.
 final class IsolateRun: @unchecked Sendable {
     enum Event {
         case log(LogStream, String)

@@ -38,7 +38,7 @@ extension Engine {
         let spec = ExecutionSpec(id: record.id, runtime: request.runtime, code: request.code,
                                  inputJSON: request.inputJSON, env: request.env, resources: request.resources)
         let job = Job(spec: spec, backend: backend, tenant: request.tenant)
-        if let onFinish { job.completions.append(onFinish) }
+        if let onFinish { job.completions.withLock { $0.append(onFinish) } }
 
         lock.lock()
         reserved -= 1
@@ -66,7 +66,7 @@ extension Engine {
         lock.lock()
         defer { lock.unlock() }
         guard let job = jobs[id] else { return false }
-        job.completions.append(callback)
+        job.completions.withLock { $0.append(callback) }
         return true
     }
 
@@ -81,7 +81,7 @@ extension Engine {
             guard let record else { throw .notFound(id) }
             throw .alreadyFinished(record)
         }
-        job.completions.append(onFinish)
+        job.completions.withLock { $0.append(onFinish) }
         if let index = queue.firstIndex(where: { $0 === job }) {
             queue.remove(at: index)
             jobs[id] = nil

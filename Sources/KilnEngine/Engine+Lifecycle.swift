@@ -130,8 +130,7 @@ extension Engine {
         broker.close(record.id, end: EndInfo(record: record))
         lock.lock()
         jobs[record.id] = nil
-        let callbacks = job.completions
-        job.completions.removeAll()
+        let callbacks = job.completions.withLock { c in defer { c.removeAll() }; return c }
         lock.unlock()
         for c in callbacks { c(record) }
         idle.lock()

@@ -2,13 +2,13 @@ import KilnBackends
 import KilnCore
 
 /// One workload the engine holds, pending or running.
-final class Job: @unchecked Sendable {
+final class Job: Sendable {
     let spec: ExecutionSpec
     let backend: any Backend
     let tenant: String
     let cancellation = Cancellation()
-    /// Guarded by the engine's lock.
-    var completions: [Engine.Completion] = []
+    /// Who is told the terminal record (synchronous answers, kill callers).
+    let completions = Locked<[Engine.Completion]>([])
 
     init(spec: ExecutionSpec, backend: any Backend, tenant: String) {
         self.spec = spec

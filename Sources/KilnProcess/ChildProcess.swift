@@ -1,5 +1,6 @@
 internal import CKilnSys
 import Foundation
+import KilnCore
 
 /// How to start one workload process.
 public struct SpawnSpec: Sendable {
@@ -332,20 +333,17 @@ final class Spawner: @unchecked Sendable {
 
     func run(_ body: @escaping () -> Int32) -> Int32 {
         let done = DispatchSemaphore(value: 0)
-        let result = ResultBox()
+        let result = Locked<Int32>(-1)
         condition.lock()
         jobs.append {
-            result.value = body()
+            let value = body()
+            result.withLock { $0 = value }
             done.signal()
         }
         condition.signal()
         condition.unlock()
         done.wait()
-        return result.value
+        return result.withLock { $0 }
     }
 }
 
-private final class ResultBox: @unchecked Sendable {
-    // Written by the spawner thread before the semaphore signals; read after the wait.
-    var value: Int32 = -1
-}

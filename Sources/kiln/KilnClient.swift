@@ -225,17 +225,17 @@ final class SSEStream: NSObject, URLSessionDataDelegate, @unchecked Sendable {
     }
 }
 
-private final class ReplyBox: @unchecked Sendable {
-    // Written once by URLSession's completion before the signal; read after the wait.
-    private var value: (Int, [UInt8], (any Error)?) = (0, [], nil)
+private final class ReplyBox: Sendable {
+    // Set once by URLSession's completion, before the signal; read after the wait.
+    private let value = Locked<(Int, [UInt8], (any Error)?)>((0, [], nil))
     private let semaphore = DispatchSemaphore(value: 0)
     func set(status: Int, data: [UInt8], error: (any Error)?) {
-        value = (status, data, error)
+        value.withLock { $0 = (status, data, error) }
         semaphore.signal()
     }
     func wait() -> (Int, [UInt8], (any Error)?) {
         semaphore.wait()
-        return value
+        return value.withLock { $0 }
     }
 }
 

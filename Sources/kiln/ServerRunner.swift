@@ -12,18 +12,20 @@ import Logging
 /// The composition root of `kiln serve`: builds the store, broker, backends, engine, API
 /// and HTTP daemon, and takes them down in order. Signals and the process exit belong to
 /// `ServeCommand`.
-final class ServerRunner: @unchecked Sendable {
+final class ServerRunner: Sendable {
     static let version = "0.1.0"
     let config: ServerConfig
     let logger: Logger
     let metricsText: @Sendable () -> [UInt8]
-    // Set in `start`, read by the signal handler afterwards.
-    private var server: HTTPServer?
-    private var engine: Engine?
-    private var api: KilnAPI?
-    private var workRoot: String?
-    private let stopLock = NSLock()
-    private var stopping = false
+    /// Set in `start`, read by the signal handler afterwards.
+    private struct Parts {
+        var server: HTTPServer?
+        var engine: Engine?
+        var api: KilnAPI?
+        var workRoot: String?
+        var stopping = false
+    }
+    private let parts = Locked(Parts())
 
     init(config: ServerConfig, logger: Logger, metricsText: @escaping @Sendable () -> [UInt8]) {
         self.config = config
@@ -47,7 +49,7 @@ final class ServerRunner: @unchecked Sendable {
         try? FileManager.default.removeItem(atPath: workRoot)
         try FileManager.default.createDirectory(atPath: workRoot, withIntermediateDirectories: true,
                                                 attributes: [.posixPermissions: 0o755])
-        self.workRoot = workRoot
+        parts.withLock { $0.workRoot = workRoot }
         let backends: [any Backend] = [
             ProcessBackend(workRoot: workRoot),
             SandboxBackend(stateRoot: stateRoot, workRoot: workRoot),
@@ -67,9 +69,7 @@ final class ServerRunner: @unchecked Sendable {
                                                requestTimeoutSeconds: config.requestTimeoutS),
                                 responder: api)
         try server.start()
-        self.server = server
-        self.engine = engine
-        self.api = api
+        parts.withLock { $0.server = server; $0.engine = engine; $0.api = api }
         let shownHost = config.host.contains(":") ? "[\(config.host)]" : config.host
         // One write, so that whoever sees the listening line sees the notice with it.
         var startLines = "kiln \(ServerRunner.version) listening on http://\(shownHost):\(server.boundPort)\n"
@@ -101,10 +101,13 @@ final class ServerRunner: @unchecked Sendable {
     /// every line, send every open stream its `end`, then stop the daemon. Returns once
     /// everything is down (a second call returns at once).
     func stop(reason: String) {
-        stopLock.lock()
-        if stopping { stopLock.unlock(); return }
-        stopping = true
-        stopLock.unlock()
+        let taken = parts.withLock { p -> Parts? in
+            if p.stopping { return nil }
+            p.stopping = true
+            return p
+        }
+        guard let taken else { return }
+        let (server, engine, api, workRoot) = (taken.server, taken.engine, taken.api, taken.workRoot)
         logger.notice("stopping (\(reason))")
         api?.beginShutdown()
         engine?.shutdown(timeout: 7)
