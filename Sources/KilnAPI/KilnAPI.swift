@@ -198,7 +198,7 @@ public final class KilnAPI: HTTPResponder, @unchecked Sendable {
 
     private func submit(_ req: HTTPRequest, _ caller: Caller, sync: Bool) throws -> HTTPResult {
         if isShuttingDown { throw APIError(503, "shutting_down", "the server is shutting down") }
-        var submission = try SubmissionParser(defaultTimeoutS: config.defaultTimeoutS, maxTimeoutS: config.maxTimeoutS).parse(req.body)
+        var submission = try SubmissionParser(config).parse(req.body)
         submission.tenant = caller.tenant
         submission.isolationLimit = caller.isolation
         let promise = sync ? HTTPPromise() : nil

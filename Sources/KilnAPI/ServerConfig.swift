@@ -16,6 +16,10 @@ public struct ServerConfig: Sendable {
     public var defaultTimeoutS: Int
     public var maxTimeoutS: Int
     public var heartbeatS: Int
+    /// Caps on what a workload's `resources` may ask for (`KILN_MAX_MEM_MB`, `KILN_MAX_CPUS`, `KILN_MAX_PIDS`).
+    public var maxMemMB: Int
+    public var maxCPUs: Int
+    public var maxPids: Int
     /// `KILN_REQUEST_TIMEOUT_S`: the slow-client deadline (HTTPServer.Options.requestTimeoutSeconds).
     public var requestTimeoutS: Int
     public var corsOrigins: [String]?
@@ -105,6 +109,9 @@ public struct ServerConfig: Sendable {
             maxBodyBytes: try int("KILN_MAX_BODY_BYTES", min: 1),
             defaultTimeoutS: defaultTimeout, maxTimeoutS: maxTimeout,
             heartbeatS: try int("KILN_HEARTBEAT_S", min: 1, max: 3600),
+            maxMemMB: try int("KILN_MAX_MEM_MB", min: 16, max: 1 << 20),
+            maxCPUs: try int("KILN_MAX_CPUS", min: 1, max: 1024),
+            maxPids: try int("KILN_MAX_PIDS", min: 8, max: 1 << 22),
             requestTimeoutS: try int("KILN_REQUEST_TIMEOUT_S", min: 1, max: 3600),
             corsOrigins: cors.isEmpty ? nil : cors, logLevel: level,
             tokensFile: tokensFile.isEmpty ? nil : tokensFile, isolation: isolation,

@@ -7,9 +7,18 @@ import KilnEngine
 struct SubmissionParser {
     var defaultTimeoutS: Int
     var maxTimeoutS: Int
+    var maxMemMB: Int
+    var maxCPUs: Int
+    var maxPids: Int
     static let defaultMemMB = 256
-    static let maxMemMB = 65_536
-    static let maxCPUs = 64
+
+    init(_ config: ServerConfig) {
+        defaultTimeoutS = config.defaultTimeoutS
+        maxTimeoutS = config.maxTimeoutS
+        maxMemMB = config.maxMemMB
+        maxCPUs = config.maxCPUs
+        maxPids = config.maxPids
+    }
 
     func parse(_ body: [UInt8]) throws -> SubmitRequest {
         guard !body.isEmpty else { throw APIError(400, "invalid_json", "the request body is empty; expected a JSON object") }
@@ -35,9 +44,10 @@ struct SubmissionParser {
         var resources = Resources(cpus: 1, memMB: SubmissionParser.defaultMemMB, timeoutS: defaultTimeoutS)
         if let r = value["resources"], !r.isNull {
             guard case .object = r else { throw APIError.invalid("resources", "resources must be an object, not \(r.typeName)") }
-            resources.cpus = try intField(r, "cpus", prefix: "resources.", range: 1...SubmissionParser.maxCPUs) ?? resources.cpus
-            resources.memMB = try intField(r, "mem_mb", prefix: "resources.", range: 16...SubmissionParser.maxMemMB) ?? resources.memMB
-            resources.timeoutS = try intField(r, "timeout_s", prefix: "resources.", range: 1...maxTimeoutS) ?? resources.timeoutS
+            resources.cpus = try intField(r, "cpus", prefix: "resources.", range: 1...maxCPUs, cap: "KILN_MAX_CPUS") ?? resources.cpus
+            resources.memMB = try intField(r, "mem_mb", prefix: "resources.", range: 16...maxMemMB, cap: "KILN_MAX_MEM_MB") ?? resources.memMB
+            resources.timeoutS = try intField(r, "timeout_s", prefix: "resources.", range: 1...maxTimeoutS, cap: "KILN_MAX_TIMEOUT_S") ?? resources.timeoutS
+            resources.pids = try intField(r, "pids", prefix: "resources.", range: 8...maxPids, cap: "KILN_MAX_PIDS") ?? resources.pids
         }
 
         var env: [String: String] = [:]
@@ -66,12 +76,13 @@ struct SubmissionParser {
         return e
     }
 
-    private func intField(_ obj: JSON, _ name: String, prefix: String, range: ClosedRange<Int>) throws -> Int? {
+    /// `cap`: the setting that sets the range's top, named in the refusal.
+    private func intField(_ obj: JSON, _ name: String, prefix: String, range: ClosedRange<Int>, cap: String) throws -> Int? {
         guard let v = obj[name], !v.isNull else { return nil }
         let field = prefix + name
         guard let n = v.int64Value else { throw APIError.invalid(field, "\(field) must be a whole number, not \(v.typeName == "number" ? "a fraction or out of range" : v.typeName)") }
         guard n >= Int64(range.lowerBound), n <= Int64(range.upperBound) else {
-            throw APIError.invalid(field, "\(field) must be from \(range.lowerBound) to \(range.upperBound)")
+            throw APIError.invalid(field, "\(field) must be from \(range.lowerBound) to \(range.upperBound) (the server's cap, \(cap))")
         }
         return Int(n)
     }

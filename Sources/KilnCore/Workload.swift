@@ -36,11 +36,16 @@ public struct Resources: Sendable, Equatable, Codable {
     public var cpus: Int
     public var memMB: Int
     public var timeoutS: Int
+    /// Processes and threads of the workload together (its cgroup's `pids.max`).
+    public var pids: Int
 
-    public init(cpus: Int, memMB: Int, timeoutS: Int) {
+    public static let defaultPids = 256
+
+    public init(cpus: Int, memMB: Int, timeoutS: Int, pids: Int = Resources.defaultPids) {
         self.cpus = cpus
         self.memMB = memMB
         self.timeoutS = timeoutS
+        self.pids = pids
     }
 }
 
@@ -124,7 +129,8 @@ public struct WorkloadRecord: Sendable, Equatable {
             ("output", .raw(outputJSON)),
             ("output_truncated", .bool(outputTruncated)),
             ("error", error.map { .string($0) } ?? .null),
-            ("resources", .object([("cpus", .int(Int64(resources.cpus))), ("mem_mb", .int(Int64(resources.memMB))), ("timeout_s", .int(Int64(resources.timeoutS)))])),
+            ("resources", .object([("cpus", .int(Int64(resources.cpus))), ("mem_mb", .int(Int64(resources.memMB))), ("timeout_s", .int(Int64(resources.timeoutS))),
+                                       ("pids", .int(Int64(resources.pids)))])),
             ("log_lines", .int(logLines)),
             ("duration_ms", durationMs.map { .int($0) } ?? .null),
             ("created_at", Millis.json(createdAt)),
@@ -156,7 +162,8 @@ extension WorkloadRecord {
                   outputTruncated: json["output_truncated"]?.boolValue ?? false,
                   error: json["error"]?.stringValue,
                   resources: Resources(cpus: Int(r?["cpus"]?.int64Value ?? 1), memMB: Int(r?["mem_mb"]?.int64Value ?? 0),
-                                       timeoutS: Int(r?["timeout_s"]?.int64Value ?? 0)),
+                                       timeoutS: Int(r?["timeout_s"]?.int64Value ?? 0),
+                                       pids: Int(r?["pids"]?.int64Value ?? Int64(Resources.defaultPids))),
                   logLines: json["log_lines"]?.int64Value ?? 0,
                   durationMs: json["duration_ms"]?.int64Value,
                   createdAt: created, startedAt: time("started_at"), finishedAt: time("finished_at"),

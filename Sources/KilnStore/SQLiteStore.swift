@@ -102,6 +102,9 @@ public final class SQLiteStore: WorkloadStore {
                 CREATE INDEX workloads_tenant ON workloads(tenant, id);
                 """)
         }
+        m.registerMigration("v4-pids") { db in
+            try db.execute(sql: "ALTER TABLE workloads ADD COLUMN pids INTEGER NOT NULL DEFAULT \(Resources.defaultPids)")
+        }
         return m
     }
 

@@ -18,6 +18,7 @@ struct WorkloadRow: Codable, FetchableRecord, PersistableRecord {
     var cpus: Int
     var mem_mb: Int
     var timeout_s: Int
+    var pids: Int
     var log_lines: Int64
     var duration_ms: Int64?
     var created_at: Int64
@@ -38,6 +39,7 @@ struct WorkloadRow: Codable, FetchableRecord, PersistableRecord {
         cpus = r.resources.cpus
         mem_mb = r.resources.memMB
         timeout_s = r.resources.timeoutS
+        pids = r.resources.pids
         log_lines = r.logLines
         duration_ms = r.durationMs
         created_at = r.createdAt
@@ -57,7 +59,7 @@ struct WorkloadRow: Codable, FetchableRecord, PersistableRecord {
             outputJSON: output,
             outputTruncated: output_truncated,
             error: error,
-            resources: Resources(cpus: cpus, memMB: mem_mb, timeoutS: timeout_s),
+            resources: Resources(cpus: cpus, memMB: mem_mb, timeoutS: timeout_s, pids: pids),
             logLines: log_lines,
             durationMs: duration_ms,
             createdAt: created_at,

@@ -18,6 +18,9 @@ struct ServeCommand: ParsableCommand {
     @Option(parsing: .unconditional, help: ArgumentHelp(Settings.named("KILN_MAX_BODY_BYTES").help)) var maxBodyBytes: String?
     @Option(parsing: .unconditional, help: ArgumentHelp(Settings.named("KILN_DEFAULT_TIMEOUT_S").help)) var defaultTimeoutS: String?
     @Option(parsing: .unconditional, help: ArgumentHelp(Settings.named("KILN_MAX_TIMEOUT_S").help)) var maxTimeoutS: String?
+    @Option(parsing: .unconditional, help: ArgumentHelp(Settings.named("KILN_MAX_MEM_MB").help)) var maxMemMb: String?
+    @Option(parsing: .unconditional, help: ArgumentHelp(Settings.named("KILN_MAX_CPUS").help)) var maxCpus: String?
+    @Option(parsing: .unconditional, help: ArgumentHelp(Settings.named("KILN_MAX_PIDS").help)) var maxPids: String?
     @Option(parsing: .unconditional, help: ArgumentHelp(Settings.named("KILN_HEARTBEAT_S").help)) var heartbeatS: String?
     @Option(parsing: .unconditional, help: ArgumentHelp(Settings.named("KILN_REQUEST_TIMEOUT_S").help)) var requestTimeoutS: String?
     @Option(parsing: .unconditional, help: ArgumentHelp(Settings.named("KILN_CORS_ORIGINS").help)) var corsOrigins: String?
@@ -33,6 +36,7 @@ struct ServeCommand: ParsableCommand {
             "KILN_MAX_BODY_BYTES": maxBodyBytes, "KILN_DEFAULT_TIMEOUT_S": defaultTimeoutS,
             "KILN_MAX_TIMEOUT_S": maxTimeoutS, "KILN_HEARTBEAT_S": heartbeatS,
             "KILN_REQUEST_TIMEOUT_S": requestTimeoutS,
+            "KILN_MAX_MEM_MB": maxMemMb, "KILN_MAX_CPUS": maxCpus, "KILN_MAX_PIDS": maxPids,
             "KILN_CORS_ORIGINS": corsOrigins, "KILN_LOG_LEVEL": logLevel,
             "KILN_TOKENS_FILE": tokensFile, "KILN_ISOLATION": isolation,
             "KILN_ALLOW_UNAUTHENTICATED": allowUnauthenticated,

@@ -25,6 +25,12 @@ import KilnTestSupport
             (#"{"runtime": "shell", "code": "x", "resources": {"mem_mb": "lots"}}"#, 422, "resources.mem_mb"),
             (#"{"runtime": "shell", "code": "x", "resources": {"cpus": 1.5}}"#, 422, "resources.cpus"),
             (#"{"runtime": "shell", "code": "x", "resources": []}"#, 422, "resources"),
+            // Over the server's caps (KILN_MAX_MEM_MB 4096, KILN_MAX_PIDS 4096, KILN_MAX_CPUS cores).
+            (#"{"runtime": "shell", "code": "x", "resources": {"mem_mb": 4097}}"#, 422, "resources.mem_mb"),
+            (#"{"runtime": "shell", "code": "x", "resources": {"pids": 4097}}"#, 422, "resources.pids"),
+            (#"{"runtime": "shell", "code": "x", "resources": {"pids": 7}}"#, 422, "resources.pids"),
+            (#"{"runtime": "shell", "code": "x", "resources": {"pids": "many"}}"#, 422, "resources.pids"),
+            (#"{"runtime": "shell", "code": "x", "resources": {"cpus": 100000}}"#, 422, "resources.cpus"),
             (#"{"runtime": "shell", "code": "x", "env": {"A": 1}}"#, 422, "env"),
             (#"{"runtime": "shell", "code": "x", "env": {"A=B": "1"}}"#, 422, "env"),
             (#"{"runtime": "shell", "code": "x", "isolation": "gvisor2"}"#, 422, "isolation"),
@@ -39,6 +45,9 @@ import KilnTestSupport
             #expect(e?["message"]?.stringValue?.isEmpty == false)
             if let field { #expect(e?["field"] == .string(field), "\(body)") }
         }
+        // A refusal over a cap names the cap.
+        let over = try s.request("POST", "/v1/workloads", body: #"{"runtime": "shell", "code": "x", "resources": {"mem_mb": 4097}}"#)
+        #expect(try over.json()["error"]?["message"]?.stringValue?.contains("KILN_MAX_MEM_MB") == true, "\(over.text)")
         // Invalid UTF-8 and NUL bytes.
         let bad = try s.request("POST", "/v1/workloads", body: Array(#"{"runtime": "shell", "code": ""#.utf8) + [0xFF, 0xFE] + Array(#""}"#.utf8))
         #expect(bad.status == 400)
