@@ -90,6 +90,15 @@ int kiln_spawn(const struct kiln_spawn_opts *o, int *in_pid_namespace) {
     // Child.
     setpgid(0, 0);
     prctl(PR_SET_PDEATHSIG, SIGKILL);
+    // Into the workload's cgroup before anything runs, so that every process it ever
+    // starts is inside. A child that cannot join never runs unlimited.
+    for (int i = 0; i < o->cgroup_fd_count; i++) {
+        if (syscall(SYS_write, o->cgroup_fds[i], "0", 1) != 1) {
+            static const char msg[] = "kiln: cannot join the workload's cgroup\n";
+            syscall(SYS_write, o->stderr_fd, msg, sizeof msg - 1);
+            kiln_child_exit(126);
+        }
+    }
     if (getppid() != parent && !*in_pid_namespace) kiln_child_exit(125);
     if (!*in_pid_namespace) {
         kiln_child_reset_signals();

@@ -48,10 +48,7 @@ public struct ProcessBackend: Backend {
             reason: runtimes.isEmpty ? "no python3, node or sh in \(RuntimeLocator.minimalPath)" : nil,
             runtimes: runtimes,
             isolation: "none",
-            limits: [
-                ("timeout", .bool(true)),
-                ("memory", .string("RLIMIT_AS for python and shell; V8 --max-old-space-size for node")),
-                ("cpu", .string("RLIMIT_CPU (cpu seconds = timeout_s × cpus); cpus not pinned")),
+            limits: ProcessLaunch.limitsReport() + [
                 ("process_tree", .string(usePIDNamespace ? "PID namespace per workload" : "process group")),
             ],
             network: "host",
@@ -69,17 +66,21 @@ public struct ProcessBackend: Backend {
             return ExecutionResult(exitCode: nil, error: "cannot prepare work folder: \(error)")
         }
         defer { folder.remove() }
+        let launch: ProcessLaunch.Prepared
         do {
-            let launch = try ProcessLaunch.prepare(spec, in: folder.path)
-            let child = try ChildProcess.spawn(SpawnSpec(
+            launch = try ProcessLaunch.prepare(spec, in: folder.path)
+        } catch {
+            return ExecutionResult(exitCode: nil, error: "cannot start workload: \(error)")
+        }
+        // The PID namespace's init is the one process of Kiln's in the cgroup.
+        return ProcessLaunch.runLimited(spec, writer: writer, cancellation: cancellation, what: "workload",
+                                        helpers: usePIDNamespace ? 1 : 0) { cgroup in
+            try ChildProcess.spawn(SpawnSpec(
                 executable: exe, arguments: launch.arguments,
                 environment: Dictionary(uniqueKeysWithValues: ProcessLaunch.environment(spec, home: folder.path)),
                 workingDirectory: folder.path, stdinPath: launch.stdinPath,
                 memoryLimitBytes: launch.memoryLimitBytes(spec), cpuLimitSeconds: ProcessLaunch.cpuSeconds(spec),
-                usePIDNamespace: usePIDNamespace))
-            return ProcessLaunch.drive(child, spec: spec, writer: writer, cancellation: cancellation)
-        } catch {
-            return ExecutionResult(exitCode: nil, error: "cannot start workload: \(error)")
+                usePIDNamespace: usePIDNamespace, cgroup: cgroup))
         }
     }
 }
@@ -145,6 +146,67 @@ enum ProcessLaunch {
             try WorkFile.write(Array(spec.code.utf8), to: "\(folder)/main.sh")
             return Prepared(arguments: ["sh", "main.sh"], stdinPath: input, rlimitMemory: true)
         }
+    }
+
+    /// What `/v1/backends` says the process and sandbox backends enforce here, and how.
+    static func limitsReport() -> [(String, JSON)] {
+        let support = CgroupSupport.detected
+        let rlimits = "RLIMIT_AS for python and shell; V8 --max-old-space-size for node"
+        guard support.available else {
+            return [
+                ("timeout", .bool(true)),
+                ("cgroup", .string(support.summary)),
+                ("memory", .string("per process only: \(rlimits)")),
+                ("pids", .string("not enforced (no cgroup)")),
+                ("cpu", .string("RLIMIT_CPU (cpu seconds = timeout_s × cpus) per process")),
+            ]
+        }
+        return [
+            ("timeout", .bool(true)),
+            ("cgroup", .string(support.summary)),
+            ("memory", .string("mem_mb for the whole workload, tmpfs files included (its cgroup); also \(rlimits) per process")),
+            ("pids", .string("pids, every process and thread of the workload (its cgroup; Kiln's own helper processes, at most \(helperPids), are not counted)")),
+            ("cpu", .string("cpus as a CPU bandwidth limit (its cgroup); RLIMIT_CPU = timeout_s × cpus")),
+        ]
+    }
+
+    /// The most processes of Kiln's own that a workload's cgroup also holds, on top of the
+    /// workload's `pids`: the PID namespace's init (process), or bubblewrap and the init of
+    /// its PID namespace (sandbox).
+    static let helperPids = 2
+
+    /// What the workload's cgroup allows: `helpers` is how many of its processes are Kiln's.
+    static func limits(_ spec: ExecutionSpec, helpers: Int) -> CgroupLimits {
+        CgroupLimits(memoryBytes: Int64(spec.resources.memMB) << 20, pids: spec.resources.pids + helpers,
+                     cpus: spec.resources.cpus)
+    }
+
+    /// Makes the workload's cgroup (where the host has cgroups), starts the workload in
+    /// it through `spawn`, drives it to its end, then kills whatever of it is left and
+    /// removes the cgroup. A workload is never started without the cgroup it should have.
+    static func runLimited(_ spec: ExecutionSpec, writer: any LogWriter, cancellation: Cancellation, what: String,
+                           helpers: Int, spawn: (WorkloadCgroup?) throws -> ChildProcess) -> ExecutionResult {
+        let cgroup: WorkloadCgroup?
+        do {
+            cgroup = try WorkloadCgroup.create(id: spec.id, limits: limits(spec, helpers: helpers))
+        } catch {
+            return ExecutionResult(exitCode: nil, error: "cannot create the workload's cgroup: \(error)")
+        }
+        defer {
+            cgroup?.killAll()
+            cgroup?.remove()
+        }
+        let child: ChildProcess
+        do {
+            child = try spawn(cgroup)
+        } catch {
+            return ExecutionResult(exitCode: nil, error: "cannot start \(what): \(error)")
+        }
+        var result = drive(child, spec: spec, writer: writer, cancellation: cancellation)
+        if let cgroup, !result.timedOut, !result.cancelled, result.exitCode != 0, cgroup.memoryExceeded {
+            result.error = "memory limit of \(spec.resources.memMB) MB exceeded (killed by the workload's memory cgroup)"
+        }
+        return result
     }
 
     static func drive(_ child: ChildProcess, spec: ExecutionSpec, writer: any LogWriter, cancellation: Cancellation) -> ExecutionResult {

@@ -125,11 +125,7 @@ public struct SandboxBackend: Backend {
             name: .sandbox, available: reason == nil, reason: reason,
             runtimes: reason == nil ? Runtime.allCases.filter { support.executables[$0] != nil } : [],
             isolation: "namespaces",
-            limits: [
-                ("timeout", .bool(true)),
-                ("memory", .string("RLIMIT_AS for python and shell; V8 --max-old-space-size for node")),
-                ("cpu", .string("RLIMIT_CPU (cpu seconds = timeout_s × cpus)")),
-            ],
+            limits: ProcessLaunch.limitsReport(),
             network: "none (own network namespace with loopback only)",
             filesystem: "read-only /usr, private /etc, /tmp and /dev; the work folder is the only writable place")
     }
@@ -162,17 +158,16 @@ public struct SandboxBackend: Backend {
         defer { run.folder.remove() }
         let (folder, prepared) = (run.folder, run.prepared)
         let argv = arguments(spec, work: folder.path, command: run.command)
-        do {
-            let child = try ChildProcess.spawn(SpawnSpec(
+        // bubblewrap and the init of its PID namespace (setpriv execs bubblewrap) are Kiln's.
+        return ProcessLaunch.runLimited(spec, writer: writer, cancellation: cancellation, what: "the sandbox",
+                                        helpers: 2) { cgroup in
+            try ChildProcess.spawn(SpawnSpec(
                 executable: argv[0], arguments: argv, environment: ["PATH": RuntimeLocator.minimalPath],
                 workingDirectory: folder.path, stdinPath: prepared.stdinPath,
                 memoryLimitBytes: prepared.memoryLimitBytes(spec), cpuLimitSeconds: ProcessLaunch.cpuSeconds(spec),
                 // bwrap makes its own PID namespace (and dies with Kiln through --die-with-parent);
                 // inside one of Kiln's it would look its child up in a /proc of another namespace.
-                usePIDNamespace: false))
-            return ProcessLaunch.drive(child, spec: spec, writer: writer, cancellation: cancellation)
-        } catch {
-            return ExecutionResult(exitCode: nil, error: "cannot start the sandbox: \(error)")
+                usePIDNamespace: false, cgroup: cgroup))
         }
     }
 }

@@ -19,10 +19,13 @@ public struct SpawnSpec: Sendable {
     public var usePIDNamespace: Bool
     /// Give the child a pipe as stdin, written with `ChildProcess.writeStdin` (ignores `stdinPath`).
     public var stdinPipe: Bool
+    /// The cgroup the child joins before it execs (nil: none).
+    public var cgroup: WorkloadCgroup?
 
     public init(executable: String, arguments: [String], environment: [String: String],
                 workingDirectory: String, stdinPath: String? = nil, memoryLimitBytes: Int? = nil,
-                cpuLimitSeconds: Int? = nil, usePIDNamespace: Bool = true, stdinPipe: Bool = false) {
+                cpuLimitSeconds: Int? = nil, usePIDNamespace: Bool = true, stdinPipe: Bool = false,
+                cgroup: WorkloadCgroup? = nil) {
         self.executable = executable
         self.arguments = arguments
         self.environment = environment
@@ -32,6 +35,7 @@ public struct SpawnSpec: Sendable {
         self.cpuLimitSeconds = cpuLimitSeconds
         self.usePIDNamespace = usePIDNamespace
         self.stdinPipe = stdinPipe
+        self.cgroup = cgroup
     }
 }
 
@@ -131,10 +135,18 @@ public final class ChildProcess: @unchecked Sendable {
             for fd in out + err + wake { close(fd) }
             throw SpawnError(description: "open stdin: \(errnoText())")
         }
+        let cgroupFDs: [Int32]
+        do {
+            cgroupFDs = try spec.cgroup?.openProcsFiles() ?? []
+        } catch {
+            for fd in out + err + wake + [stdinFD, input[1]] where fd >= 0 { close(fd) }
+            throw SpawnError(description: error.description)
+        }
         defer {
             close(stdinFD)
             close(out[1])
             close(err[1])
+            for fd in cgroupFDs { close(fd) }
         }
         var inNamespace: Int32 = 0
         let pid = Spawner.shared.run {
@@ -142,13 +154,16 @@ public final class ChildProcess: @unchecked Sendable {
                 withCStrings(spec.environment.map { "\($0.key)=\($0.value)" }) { envp in
                     spec.executable.withCString { path in
                         spec.workingDirectory.withCString { cwd in
-                            var opts = kiln_spawn_opts(
-                                path: path, argv: argv, envp: envp, cwd: cwd,
-                                stdin_fd: stdinFD, stdout_fd: out[1], stderr_fd: err[1],
-                                mem_bytes: Int64(spec.memoryLimitBytes ?? 0),
-                                cpu_seconds: Int64(spec.cpuLimitSeconds ?? 0),
-                                use_pid_namespace: spec.usePIDNamespace ? 1 : 0)
-                            return kiln_spawn(&opts, &inNamespace)
+                            cgroupFDs.withUnsafeBufferPointer { groups in
+                                var opts = kiln_spawn_opts(
+                                    path: path, argv: argv, envp: envp, cwd: cwd,
+                                    stdin_fd: stdinFD, stdout_fd: out[1], stderr_fd: err[1],
+                                    mem_bytes: Int64(spec.memoryLimitBytes ?? 0),
+                                    cpu_seconds: Int64(spec.cpuLimitSeconds ?? 0),
+                                    use_pid_namespace: spec.usePIDNamespace ? 1 : 0,
+                                    cgroup_fds: groups.baseAddress, cgroup_fd_count: Int32(groups.count))
+                                return kiln_spawn(&opts, &inNamespace)
+                            }
                         }
                     }
                 }

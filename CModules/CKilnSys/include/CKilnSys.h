@@ -20,6 +20,8 @@ struct kiln_spawn_opts {
     long long mem_bytes;       // RLIMIT_AS; 0 = not set
     long long cpu_seconds;     // RLIMIT_CPU; 0 = not set
     int use_pid_namespace;     // try a new PID namespace (falls back when refused)
+    const int *cgroup_fds;     // cgroup.procs files the child joins (writes "0") before anything else
+    int cgroup_fd_count;
 };
 
 /// Starts a workload. Returns the pid of the direct child (> 0) or -errno.
