@@ -20,6 +20,8 @@ public struct ServerConfig: Sendable {
     public var maxMemMB: Int
     public var maxCPUs: Int
     public var maxPids: Int
+    /// `KILN_MAX_LOG_BYTES`.
+    public var maxLogBytes: Int
     /// `KILN_REQUEST_TIMEOUT_S`: the slow-client deadline (HTTPServer.Options.requestTimeoutSeconds).
     public var requestTimeoutS: Int
     public var corsOrigins: [String]?
@@ -112,6 +114,7 @@ public struct ServerConfig: Sendable {
             maxMemMB: try int("KILN_MAX_MEM_MB", min: 16, max: 1 << 20),
             maxCPUs: try int("KILN_MAX_CPUS", min: 1, max: 1024),
             maxPids: try int("KILN_MAX_PIDS", min: 8, max: 1 << 22),
+            maxLogBytes: try int("KILN_MAX_LOG_BYTES", min: 1024),
             requestTimeoutS: try int("KILN_REQUEST_TIMEOUT_S", min: 1, max: 3600),
             corsOrigins: cors.isEmpty ? nil : cors, logLevel: level,
             tokensFile: tokensFile.isEmpty ? nil : tokensFile, isolation: isolation,

@@ -58,6 +58,8 @@ public enum Settings {
                 meaning: "the largest `resources.cpus` a workload may ask for"),
         Setting(name: "KILN_MAX_PIDS", defaultValue: "4096", shownDefault: "4096",
                 meaning: "the largest `resources.pids` a workload may ask for"),
+        Setting(name: "KILN_MAX_LOG_BYTES", defaultValue: "67108864", shownDefault: "67108864",
+                meaning: "log text one workload may store; past it, a marker line and `log_truncated`"),
         Setting(name: "KILN_HEARTBEAT_S", defaultValue: "15", shownDefault: "15",
                 meaning: "SSE keep-alive interval"),
         Setting(name: "KILN_REQUEST_TIMEOUT_S", defaultValue: "30", shownDefault: "30",

@@ -87,6 +87,8 @@ public struct WorkloadRecord: Sendable, Equatable {
     public var error: String?
     public var resources: Resources
     public var logLines: Int64
+    /// The log reached `KILN_MAX_LOG_BYTES`: its last line is Kiln's marker, and later output was discarded.
+    public var logTruncated: Bool
     public var durationMs: Int64?
     public var createdAt: Int64
     public var startedAt: Int64?
@@ -97,7 +99,7 @@ public struct WorkloadRecord: Sendable, Equatable {
     public init(id: String, status: WorkloadStatus, runtime: Runtime, isolation: Isolation,
                 isolationUsed: Isolation? = nil, exitCode: Int? = nil, outputJSON: String = "null",
                 outputTruncated: Bool = false, error: String? = nil, resources: Resources,
-                logLines: Int64 = 0, durationMs: Int64? = nil, createdAt: Int64,
+                logLines: Int64 = 0, logTruncated: Bool = false, durationMs: Int64? = nil, createdAt: Int64,
                 startedAt: Int64? = nil, finishedAt: Int64? = nil, tenant: String = "default") {
         self.id = id
         self.status = status
@@ -110,6 +112,7 @@ public struct WorkloadRecord: Sendable, Equatable {
         self.error = error
         self.resources = resources
         self.logLines = logLines
+        self.logTruncated = logTruncated
         self.durationMs = durationMs
         self.createdAt = createdAt
         self.startedAt = startedAt
@@ -132,6 +135,7 @@ public struct WorkloadRecord: Sendable, Equatable {
             ("resources", .object([("cpus", .int(Int64(resources.cpus))), ("mem_mb", .int(Int64(resources.memMB))), ("timeout_s", .int(Int64(resources.timeoutS))),
                                        ("pids", .int(Int64(resources.pids)))])),
             ("log_lines", .int(logLines)),
+            ("log_truncated", .bool(logTruncated)),
             ("duration_ms", durationMs.map { .int($0) } ?? .null),
             ("created_at", Millis.json(createdAt)),
             ("started_at", Millis.json(startedAt)),
@@ -165,6 +169,7 @@ extension WorkloadRecord {
                                        timeoutS: Int(r?["timeout_s"]?.int64Value ?? 0),
                                        pids: Int(r?["pids"]?.int64Value ?? Int64(Resources.defaultPids))),
                   logLines: json["log_lines"]?.int64Value ?? 0,
+                  logTruncated: json["log_truncated"]?.boolValue ?? false,
                   durationMs: json["duration_ms"]?.int64Value,
                   createdAt: created, startedAt: time("started_at"), finishedAt: time("finished_at"),
                   tenant: json["tenant"]?.stringValue ?? "default")

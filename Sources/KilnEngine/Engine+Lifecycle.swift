@@ -62,6 +62,7 @@ extension Engine {
         let (status, error) = Engine.outcome(result, cancel: job.cancellation.reason)
         let output = result.output.map { ($0.text, result.outputTruncated) } ?? OutputCapture.value(of: writer.stdout, truncated: writer.stdoutTruncated)
         let lines = writer.lastSeq
+        let logTruncated = writer.logTruncated
         let backendName = job.backend.name.rawValue
         writerQueue.async { [self] in
             let record: WorkloadRecord
@@ -72,6 +73,7 @@ extension Engine {
                     r.outputJSON = output.0
                     r.outputTruncated = output.1
                     r.logLines = lines
+                    r.logTruncated = logTruncated
                     r.finishedAt = finished
                     r.durationMs = finished - started
                 }
@@ -80,7 +82,7 @@ extension Engine {
                 logger.error("cannot store the end of workload \(id): \(storeError)")
                 complete(job, (try? store.get(id)) ?? WorkloadRecord(
                     id: id, status: status, runtime: job.spec.runtime, isolation: .auto, isolationUsed: job.backend.name,
-                    exitCode: result.exitCode, error: error, resources: job.spec.resources, logLines: lines, createdAt: started,
+                    exitCode: result.exitCode, error: error, resources: job.spec.resources, logLines: lines, logTruncated: logTruncated, createdAt: started,
                     tenant: job.tenant))
                 return
             }

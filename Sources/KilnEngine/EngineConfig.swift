@@ -9,9 +9,16 @@ public struct EngineConfig: Sendable {
     /// any other is refused. `process` runs code with the server's own rights, so it is
     /// left out unless named.
     public var allowedIsolation: Set<Isolation>
+    /// Bytes of log text one workload may store (`KILN_MAX_LOG_BYTES`); past it, one
+    /// marker line, `log_truncated`, and the rest of its output is read and discarded.
+    public var maxLogBytes: Int
+
+    public static let defaultMaxLogBytes = 64 << 20
 
     public init(maxConcurrent: Int, queueLimit: Int, workRoot: String,
-                allowedIsolation: Set<Isolation> = Isolation.allowedByDefault) {
+                allowedIsolation: Set<Isolation> = Isolation.allowedByDefault,
+                maxLogBytes: Int = EngineConfig.defaultMaxLogBytes) {
+        self.maxLogBytes = max(1, maxLogBytes)
         self.maxConcurrent = max(1, maxConcurrent)
         self.queueLimit = max(0, queueLimit)
         self.workRoot = workRoot

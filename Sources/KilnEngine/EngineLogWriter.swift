@@ -16,6 +16,10 @@ final class EngineLogWriter: LogWriter {
     private var lastFlush = DispatchTime.now().uptimeNanoseconds
     private(set) var stdout: [UInt8] = []
     private(set) var stdoutTruncated = false
+    /// Bytes of line text kept so far, against the engine's `maxLogBytes`.
+    private var logBytes = 0
+    /// The log limit was reached: one marker line was kept, and nothing after it.
+    private(set) var logTruncated = false
     private var now: Int64 = 0
     static let batchLines = 2048
     static let batchNanos: UInt64 = 20_000_000
@@ -64,7 +68,22 @@ final class EngineLogWriter: LogWriter {
         flush()
     }
 
+    /// Keeps a line, unless the workload's log is over its limit: the line that would
+    /// cross it becomes the marker, and later ones are dropped (the backend keeps reading
+    /// them, so the workload runs on).
     private func add(_ stream: LogStream, _ text: String) {
+        guard !logTruncated else { return }
+        let size = text.utf8.count
+        if logBytes + size > engine.config.maxLogBytes {
+            logTruncated = true
+            keep(.stderr, "kiln: log limit of \(engine.config.maxLogBytes) bytes reached; further output discarded")
+            return
+        }
+        logBytes += size
+        keep(stream, text)
+    }
+
+    private func keep(_ stream: LogStream, _ text: String) {
         lastSeq += 1
         let line = LogLine(seq: lastSeq, stream: stream, ts: now, line: text)
         fresh.append(line)

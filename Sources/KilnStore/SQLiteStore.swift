@@ -105,6 +105,9 @@ public final class SQLiteStore: WorkloadStore {
         m.registerMigration("v4-pids") { db in
             try db.execute(sql: "ALTER TABLE workloads ADD COLUMN pids INTEGER NOT NULL DEFAULT \(Resources.defaultPids)")
         }
+        m.registerMigration("v5-log-truncated") { db in
+            try db.execute(sql: "ALTER TABLE workloads ADD COLUMN log_truncated BOOLEAN NOT NULL DEFAULT 0")
+        }
         return m
     }
 
@@ -186,7 +189,9 @@ public final class SQLiteStore: WorkloadStore {
         try db.write { db in
             let statement = try db.cachedStatement(sql: "INSERT INTO log_lines (workload_id, seq, stream, ts, line) VALUES (?, ?, ?, ?, ?)")
             for l in lines {
-                try statement.execute(arguments: [id, l.seq, l.stream.rawValue, l.ts, l.line])
+                // As bytes: GRDB binds and reads a String as C text, which ends at a NUL
+                // (`nul\0hidden` was stored as `nul`); a BLOB keeps every byte.
+                try statement.execute(arguments: [id, l.seq, l.stream.rawValue, l.ts, Data(l.line.utf8)])
             }
         }
     }
@@ -196,7 +201,8 @@ public final class SQLiteStore: WorkloadStore {
         try db.read { db in
             try Row.fetchAll(db, sql: "SELECT seq, stream, ts, line FROM log_lines WHERE workload_id = ? AND seq > ? ORDER BY seq LIMIT ?",
                              arguments: [id, after, limit]).map { row in
-                LogLine(seq: row["seq"], stream: LogStream(rawValue: row["stream"]) ?? .stdout, ts: row["ts"], line: row["line"])
+                LogLine(seq: row["seq"], stream: LogStream(rawValue: row["stream"]) ?? .stdout, ts: row["ts"],
+                        line: String(decoding: row["line"] as Data, as: UTF8.self))
             }
         }
     }

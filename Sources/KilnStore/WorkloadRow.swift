@@ -20,6 +20,7 @@ struct WorkloadRow: Codable, FetchableRecord, PersistableRecord {
     var timeout_s: Int
     var pids: Int
     var log_lines: Int64
+    var log_truncated: Bool
     var duration_ms: Int64?
     var created_at: Int64
     var started_at: Int64?
@@ -41,6 +42,7 @@ struct WorkloadRow: Codable, FetchableRecord, PersistableRecord {
         timeout_s = r.resources.timeoutS
         pids = r.resources.pids
         log_lines = r.logLines
+        log_truncated = r.logTruncated
         duration_ms = r.durationMs
         created_at = r.createdAt
         started_at = r.startedAt
@@ -61,6 +63,7 @@ struct WorkloadRow: Codable, FetchableRecord, PersistableRecord {
             error: error,
             resources: Resources(cpus: cpus, memMB: mem_mb, timeoutS: timeout_s, pids: pids),
             logLines: log_lines,
+            logTruncated: log_truncated,
             durationMs: duration_ms,
             createdAt: created_at,
             startedAt: started_at,

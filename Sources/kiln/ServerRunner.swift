@@ -58,7 +58,7 @@ final class ServerRunner: Sendable {
         ]
         let engine = Engine(store: store, broker: broker, backends: backends,
                             config: EngineConfig(maxConcurrent: config.maxConcurrent, queueLimit: config.queueLimit, workRoot: workRoot,
-                                                 allowedIsolation: config.isolation),
+                                                 allowedIsolation: config.isolation, maxLogBytes: config.maxLogBytes),
                             logger: logger)
         try engine.recover()
         let out = FileHandle.standardOutput

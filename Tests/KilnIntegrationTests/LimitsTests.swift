@@ -122,3 +122,43 @@ struct SandboxLimitsTests {
         #expect(r["output"]?.stringValue?.contains("allocated") != true)
     }
 }
+
+/// The per-workload log limit and bytes that C strings would cut.
+@Suite(.timeLimit(.minutes(5)), .ownThread)
+struct LogLimitTests {
+    @Test func pastTheLogLimitOneMarkerIsKeptTheRestDiscardedAndTheWorkloadRunsOn() throws {
+        let s = try KilnServer.start(env: ["KILN_MAX_LOG_BYTES": "2048"])
+        let r = try s.run(#"{"runtime": "shell", "isolation": "process", "code": "for i in $(seq 1000); do echo line-$i; done; exit 3"}"#)
+        // It ran to its end: its exit code is its own.
+        #expect(r["status"] == .string("failed"))
+        #expect(r["exit_code"] == .int(3))
+        #expect(r["log_truncated"] == .bool(true))
+        let id = r["id"]?.stringValue ?? ""
+        let history = try s.json("GET", "/v1/workloads/\(id)/logs/history?limit=10000").1["lines"]?.arrayValue ?? []
+        let texts = history.compactMap { $0["line"]?.stringValue }
+        let marker = "kiln: log limit of 2048 bytes reached; further output discarded"
+        #expect(texts.last == marker)
+        let kept = texts.dropLast()
+        #expect(kept == (1...kept.count).map { "line-\($0)" }[...])
+        #expect(kept.reduce(0) { $0 + $1.utf8.count } <= 2048)
+        #expect(kept.count > 100 && kept.count < 1000)
+        #expect(r["log_lines"] == .int(Int64(texts.count)))
+        // The stream says the same.
+        let c = try SSEClient.first("\(s.baseURL)/v1/workloads/\(id)/logs")
+        #expect(c.eventLines == texts)
+        // Without a limit reached, the flag is false.
+        #expect(try s.run(#"{"runtime": "shell", "isolation": "process", "code": "echo short"}"#)["log_truncated"] == .bool(false))
+    }
+
+    @Test func aNulByteIsStoredAndStreamedAsItWasPrinted() throws {
+        let s = try KilnServer.start()
+        let r = try s.run(#"{"runtime": "python", "isolation": "process", "code": "import sys\nsys.stdout.write('nul\\0hidden\\n')"}"#)
+        #expect(r["status"] == .string("completed"), "\(r.text)")
+        let id = r["id"]?.stringValue ?? ""
+        let stored = try s.json("GET", "/v1/workloads/\(id)/logs/history").1["lines"]?.arrayValue?.first?["line"]?.stringValue
+        #expect(stored == "nul\u{0}hidden")
+        let c = try SSEClient.first("\(s.baseURL)/v1/workloads/\(id)/logs?format=json")
+        let streamed = c["events"]?.arrayValue?.first?["data"]?.arrayValue?.first?.stringValue.flatMap { try? JSON.parse($0) }?["line"]?.stringValue
+        #expect(streamed == stored)
+    }
+}

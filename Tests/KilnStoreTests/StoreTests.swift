@@ -16,6 +16,16 @@ import KilnCore
         NSTemporaryDirectory() + "kiln-store-\(UUID().uuidString)/sub/kiln.db"
     }
 
+    @Test func aLineWithNulAndInvalidBytesComesBackAsItWasStored() throws {
+        let store = try SQLiteStore(path: path())
+        let r = record(.running)
+        try store.insert(r)
+        let lines = [LogLine(seq: 1, stream: .stdout, ts: 1, line: "nul\u{0}hidden"), LogLine(seq: 2, stream: .stderr, ts: 2, line: "\u{0}"),
+                     LogLine(seq: 3, stream: .stdout, ts: 3, line: "caf\u{e9} \u{fffd} end")]
+        try store.appendLines(r.id, lines)
+        #expect(try store.lines(r.id, after: 0, limit: 10) == lines)
+    }
+
     /// Puts a record in `status` by allowed moves from pending.
     func make(_ store: SQLiteStore, _ status: WorkloadStatus) throws -> String {
         let r = record()
