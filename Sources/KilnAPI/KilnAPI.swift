@@ -83,7 +83,7 @@ public final class KilnAPI: HTTPResponder, @unchecked Sendable {
         r.add("GET", "/v1/workloads", .read, onStore { [unowned self] req, c in .now(try list(req, c.caller)) })
         r.add("POST", "/v1/workloads/async", .submit, onStore { [unowned self] req, c in try submit(req, c.caller, sync: false) })
         r.add("GET", "/v1/workloads/{id}", .read, onStore { [unowned self] _, c in .now(try get(c.parameters["id"]!, c.caller)) })
-        r.add("DELETE", "/v1/workloads/{id}", .kill, onStore { [unowned self] _, c in try kill(c.parameters["id"]!, c.caller) })
+        r.add("DELETE", "/v1/workloads/{id}", .kill, onStore { [unowned self] req, c in try kill(c.parameters["id"]!, req, c.caller) })
         r.add("GET", "/v1/workloads/{id}/logs", .readStream, onStore { [unowned self] req, c in
             .now(try streamLogs(req, id: c.parameters["id"]!, caller: c.caller))
         })
@@ -228,8 +228,9 @@ public final class KilnAPI: HTTPResponder, @unchecked Sendable {
         return .json(200, r.json)
     }
 
-    private func kill(_ id: String, _ caller: Caller) throws -> HTTPResult {
+    private func kill(_ id: String, _ req: HTTPRequest, _ caller: Caller) throws -> HTTPResult {
         _ = try visibleRecord(id, caller)
+        if try Query.flag(req, "purge") { return try purge(id) }
         let promise = HTTPPromise()
         try engine.kill(id) { [storeQueue] r in
             storeQueue.async {
@@ -238,6 +239,21 @@ public final class KilnAPI: HTTPResponder, @unchecked Sendable {
                     promise.resolve(.json(200, r.json))
                 } else {
                     promise.resolve(APIError(409, "conflict", "workload \(r.id) is already \(r.status.rawValue)").response)
+                }
+            }
+        }
+        return .later(promise)
+    }
+
+    /// `DELETE …?purge=true`: 204 once the record and its log are gone (a running workload
+    /// is killed first); afterwards the id is 404.
+    private func purge(_ id: String) throws -> HTTPResult {
+        let promise = HTTPPromise()
+        try engine.purge(id) { [storeQueue] result in
+            storeQueue.async {
+                switch result {
+                case .success: promise.resolve(HTTPResponse(status: 204))
+                case .failure(let error): promise.resolve(APIError(error, processIsOffButAvailable: false).response)
                 }
             }
         }
@@ -331,6 +347,15 @@ enum Query {
             throw APIError.invalid(name, "\(name) must be a whole number from \(range.lowerBound)\(upper)")
         }
         return n
+    }
+
+    /// `true` or `false` (absent: false).
+    static func flag(_ req: HTTPRequest, _ name: String) throws -> Bool {
+        switch req.query[name] {
+        case nil, "false": return false
+        case "true": return true
+        default: throw APIError.invalid(name, "\(name) must be true or false")
+        }
     }
 
     static func enumValue<E: RawRepresentable & CaseIterable>(_ req: HTTPRequest, _ name: String, _: E.Type) throws -> E? where E.RawValue == String {

@@ -93,6 +93,26 @@ extension Engine {
         job.cancellation.cancel(.killed)
     }
 
+    /// Deletes a workload's record and log. A pending or running one is killed first, and
+    /// deleted once its terminal state is stored (its streams get their `end` before).
+    /// `onDone` runs on the engine's writer queue, or at once for a finished workload.
+    public func purge(_ id: String, onDone: @escaping @Sendable (Result<Void, EngineError>) -> Void) throws(EngineError) {
+        let store = self.store
+        let delete: @Sendable () -> Void = {
+            do {
+                _ = try store.purge(id)
+                onDone(.success(()))
+            } catch {
+                onDone(.failure(.storage("\(error)")))
+            }
+        }
+        do {
+            try kill(id) { _ in delete() }
+        } catch .alreadyFinished {
+            delete()
+        }
+    }
+
     public struct Counts: Sendable {
         public var running: Int
         public var queued: Int

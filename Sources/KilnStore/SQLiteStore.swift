@@ -181,6 +181,16 @@ public final class SQLiteStore: WorkloadStore {
         }
     }
 
+    public func purge(_ id: String) throws -> Bool {
+        try db.write { db in
+            guard let row = try WorkloadRow.fetchOne(db, key: id) else { return false }
+            guard row.record.status.isTerminal else { throw StoreError.notFinished(id) }
+            try db.execute(sql: "DELETE FROM log_lines WHERE workload_id = ?", arguments: [id])
+            try db.execute(sql: "DELETE FROM workloads WHERE id = ?", arguments: [id])
+            return true
+        }
+    }
+
     // MARK: Log lines
 
     /// Stores a batch of lines in one transaction.

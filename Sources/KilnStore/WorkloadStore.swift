@@ -25,6 +25,9 @@ public protocol WorkloadStore: Sendable {
     func maxSeq(_ id: String) throws -> Int64
     /// Counts and durations, of one tenant's workloads or (nil) of all.
     func stats(tenant: String?) throws -> StoreStats
+    /// Deletes a finished workload's record and log lines in one transaction; false when
+    /// there was no such workload. Refuses (throws) one that is not finished.
+    func purge(_ id: String) throws -> Bool
 }
 
 extension WorkloadStore {
@@ -44,9 +47,11 @@ public enum StoreError: Error, Equatable, CustomStringConvertible {
     case notFound(String)
     case invalidTransition(id: String, from: WorkloadStatus, to: WorkloadStatus)
     case cannotOpen(String)
+    case notFinished(String)
 
     public var description: String {
         switch self {
+        case .notFinished(let id): return "workload \(id) has not finished"
         case .notFound(let id): return "workload \(id) not found"
         case let .invalidTransition(id, from, to): return "workload \(id) cannot move from \(from.rawValue) to \(to.rawValue)"
         case .cannotOpen(let why): return why

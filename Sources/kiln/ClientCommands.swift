@@ -284,6 +284,34 @@ struct KillCommand: ParsableCommand {
     }
 }
 
+/// `kiln rm`: as `docker rm`, a workload that has not finished is refused unless `--force`,
+/// which kills it first.
+struct RemoveCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(commandName: "rm", abstract: "Delete a finished workload's record and log.")
+    @OptionGroup var options: ClientOptions
+    @Flag(name: [.short, .long], help: "kill a pending or running workload first") var force = false
+    @Argument(help: "workload id") var id: String
+
+    func run() throws {
+        clientMain { try execute() }
+    }
+
+    func execute() throws -> Int32 {
+        let client = try options.client()
+        let path = "/v1/workloads/\(id.addingPercentEncoding(withAllowedCharacters: .alphanumerics) ?? id)"
+        if !force {
+            let status = try client.json("GET", path)["status"]?.stringValue ?? ""
+            guard WorkloadStatus(rawValue: status)?.isTerminal == true else {
+                throw ClientError(description: "workload \(id) is \(status): kill it first, or use --force")
+            }
+        }
+        let (status, data) = try client.send("DELETE", path + "?purge=true")
+        guard status == 204 else { throw ClientError(description: KilnClient.describe(status: status, try? JSON.parse(data), data)) }
+        Terminal.out(options.json ? JSON.object([("id", .string(id)), ("removed", .bool(true))]).text : id)
+        return 0
+    }
+}
+
 struct BackendsCommand: ParsableCommand {
     static let configuration = CommandConfiguration(commandName: "backends", abstract: "Show the isolation backends and what they enforce.")
     @OptionGroup var options: ClientOptions

@@ -7,5 +7,5 @@ struct KilnCommand: ParsableCommand {
         commandName: "kiln",
         abstract: "A self-hosted workload runner with live log streaming.",
         subcommands: [ServeCommand.self, RunCommand.self, StatusCommand.self, LogsCommand.self, ListCommand.self,
-                      KillCommand.self, BackendsCommand.self, StatsCommand.self, TokenCommand.self])
+                      KillCommand.self, RemoveCommand.self, BackendsCommand.self, StatsCommand.self, TokenCommand.self])
 }

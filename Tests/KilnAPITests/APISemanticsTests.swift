@@ -123,6 +123,30 @@ import KilnTestSupport
     }
 
 
+    @Test func purgeDeletesTheRecordAndItsLogAndKillsARunningOneFirst() throws {
+        let s = try InProcessKiln()
+        let done = try s.run(#"{"runtime": "shell", "code": "echo kept; echo more"}"#)["id"]!.stringValue!
+        #expect(try s.request("DELETE", "/v1/workloads/\(done)?purge=yes").status == 422)
+        let purged = try s.request("DELETE", "/v1/workloads/\(done)?purge=true")
+        #expect(purged.status == 204, "\(purged.text)")
+        #expect(try s.request("GET", "/v1/workloads/\(done)").status == 404)
+        #expect(try s.request("GET", "/v1/workloads/\(done)/logs/history").status == 404)
+        #expect(try s.request("DELETE", "/v1/workloads/\(done)?purge=true").status == 404)
+        #expect(try s.json("GET", "/v1/workloads").1["workloads"]?.arrayValue?.contains { $0["id"] == .string(done) } == false)
+        // A running one: killed, then deleted.
+        let (_, accepted) = try s.json("POST", "/v1/workloads/async", body: #"{"runtime": "shell", "code": "echo up; sleep 600"}"#)
+        let running = accepted["id"]!.stringValue!
+        var up = false
+        for _ in 0..<500 where !up {
+            up = try s.json("GET", "/v1/workloads/\(running)").1["status"] == .string("running")
+            if !up { usleep(10_000) }
+        }
+        #expect(up)
+        #expect(try s.request("DELETE", "/v1/workloads/\(running)?purge=true").status == 204)
+        #expect(try s.request("GET", "/v1/workloads/\(running)").status == 404)
+        #expect(try s.json("GET", "/v1/stats").1["workloads"]?["total"] == .int(0))
+    }
+
     @Test func historyPaginatesAndSaysWhenComplete() throws {
         let s = try InProcessKiln()
         let r = try s.run(#"{"runtime": "shell", "code": "i=1; while [ $i -le 25 ]; do echo line $i; i=$((i+1)); done; echo err >&2"}"#)

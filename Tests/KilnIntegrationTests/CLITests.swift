@@ -30,6 +30,24 @@ import KilnTestSupport
         #expect(try kiln(s, ["run", "--runtime", "shell", "--isolation", "process", "--file", file]).out == "from a file\n")
     }
 
+    @Test func rmRefusesARunningWorkloadUnlessForcedAndRemovesAFinishedOne() throws {
+        let s = try KilnServer.start()
+        let running = try s.submit(#"{"runtime": "shell", "isolation": "process", "code": "sleep 600"}"#)
+        try s.waitRunning(running)
+        let refused = try kiln(s, ["rm", running])
+        #expect(refused.status != 0)
+        #expect(refused.err.contains("--force"), "\(refused.err)")
+        #expect(try s.json("GET", "/v1/workloads/\(running)").1["status"] == .string("running"))
+        let forced = try kiln(s, ["rm", "--force", running])
+        #expect(forced.status == 0, "\(forced.err)")
+        #expect(forced.out == "\(running)\n")
+        #expect(try s.request("GET", "/v1/workloads/\(running)").status == 404)
+        let done = try s.run(#"{"runtime": "shell", "isolation": "process", "code": "echo hi"}"#)["id"]!.stringValue!
+        #expect(try kiln(s, ["rm", done]).status == 0)
+        #expect(try s.request("GET", "/v1/workloads/\(done)").status == 404)
+        #expect(try kiln(s, ["rm", done]).status != 0)
+    }
+
     @Test func runFollowShowsTheLinesThenTheResult() throws {
         let s = try KilnServer.start()
         let r = try kiln(s, ["run", "--follow", "--runtime", "shell", "--isolation", "process",
