@@ -140,10 +140,14 @@ extension Engine {
         idle.unlock()
     }
 
-    /// Stores a batch of lines, then lets the broker drop them from memory.
+    /// Stores a batch of lines, then lets the broker drop them from memory. Called on the
+    /// workload's reader thread, which waits here while too much is unstored (`StoreBacklog`).
     func persist(_ id: String, _ lines: [LogLine]) {
         guard let last = lines.last?.seq else { return }
+        let bytes = StoreBacklog.cost(lines)
+        backlog.admit(id, bytes: bytes)
         writerQueue.async { [self] in
+            defer { backlog.release(id, bytes: bytes) }
             do {
                 try store.appendLines(id, lines)
                 broker.markPersisted(id, upTo: last)

@@ -22,6 +22,8 @@ public final class Engine: @unchecked Sendable {
     let ids = ULIDGenerator()
     /// All store writes of log batches and terminal states, in order.
     let writerQueue = DispatchQueue(label: "kiln.store-writer")
+    /// What of the writer queue's work is log lines, bounded (backpressure on the readers).
+    let backlog: StoreBacklog
     /// The pool: one serial queue per running workload, made on demand and reused.
     /// Serial queues get a thread of their own when they have work; a concurrent
     /// queue would share the global pool, which grows slowly while backends block.
@@ -41,6 +43,7 @@ public final class Engine: @unchecked Sendable {
         self.store = store
         self.broker = broker
         self.probes = BackendProbes(backends)
+        self.backlog = StoreBacklog(perWorkload: config.unstoredPerWorkload, total: config.unstoredTotal)
         self.config = config
         self.logger = logger
         try? FileManager.default.createDirectory(atPath: config.workRoot, withIntermediateDirectories: true)

@@ -12,13 +12,20 @@ public struct EngineConfig: Sendable {
     /// Bytes of log text one workload may store (`KILN_MAX_LOG_BYTES`); past it, one
     /// marker line, `log_truncated`, and the rest of its output is read and discarded.
     public var maxLogBytes: Int
+    /// Bytes of log lines read and not yet stored, per workload and in all (`StoreBacklog`):
+    /// past them a workload's pipes are not read until the store catches up.
+    public var unstoredPerWorkload: Int
+    public var unstoredTotal: Int
 
     public static let defaultMaxLogBytes = 64 << 20
 
     public init(maxConcurrent: Int, queueLimit: Int, workRoot: String,
                 allowedIsolation: Set<Isolation> = Isolation.allowedByDefault,
-                maxLogBytes: Int = EngineConfig.defaultMaxLogBytes) {
+                maxLogBytes: Int = EngineConfig.defaultMaxLogBytes,
+                unstoredPerWorkload: Int = 4 << 20, unstoredTotal: Int = 32 << 20) {
         self.maxLogBytes = max(1, maxLogBytes)
+        self.unstoredPerWorkload = max(1, unstoredPerWorkload)
+        self.unstoredTotal = max(1, unstoredTotal)
         self.maxConcurrent = max(1, maxConcurrent)
         self.queueLimit = max(0, queueLimit)
         self.workRoot = workRoot

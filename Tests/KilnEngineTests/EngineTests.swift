@@ -15,14 +15,15 @@ final class EngineHarness: @unchecked Sendable {
     let broker: LogBroker
     let engine: Engine
 
-    init(maxConcurrent: Int = 4, queueLimit: Int = 100) throws {
-        let store = try SQLiteStore(path: ":memory:")
+    init(maxConcurrent: Int = 4, queueLimit: Int = 100, storePath: String = ":memory:",
+         unstoredPerWorkload: Int = 4 << 20) throws {
+        let store = try SQLiteStore(path: storePath)
         self.store = store
         broker = LogBroker(history: { id, after, limit in try store.lines(id, after: after, limit: limit) })
         let root = NSTemporaryDirectory() + "kiln-engine-test-\(UUID().uuidString.prefix(8))"
         engine = Engine(store: store, broker: broker, backends: [ProcessBackend(workRoot: root)],
                         config: EngineConfig(maxConcurrent: maxConcurrent, queueLimit: queueLimit, workRoot: root,
-                                             allowedIsolation: [.process]),
+                                             allowedIsolation: [.process], unstoredPerWorkload: unstoredPerWorkload),
                         logger: Logger(label: "test"))
     }
 
@@ -63,6 +64,40 @@ final class Box<T: Sendable>: @unchecked Sendable {
 }
 
 @Suite(.timeLimit(.minutes(10)), .ownThread) struct EngineTests {
+    /// A flood is read no faster than the store takes it: what is read and not stored stays
+    /// within the bound (plus the one batch that may always go), and nothing is lost.
+    @Test func aFloodWaitsForTheStoreInsteadOfPilingUpInMemory() throws {
+        let bound = 64 << 10
+        let h = try EngineHarness(storePath: NSTemporaryDirectory() + "kiln-backlog-\(UUID().uuidString)/kiln.db",
+                                  unstoredPerWorkload: bound)
+        let done = Box<WorkloadRecord>()
+        let n = 300_000
+        _ = try h.engine.submit(h.request(.python, "import sys\nfor i in range(\(n)): sys.stdout.write(f'line {i}\\n')")) { done.set($0) }
+        // The largest batch: 2048 lines, plus the lines of the 64 KiB pipe read that
+        // crossed 2048 (at least 7 bytes each with their newline, up to 11 of text).
+        let oneBatch = (EngineLogWriter.batchLines + (64 << 10) / 7) * (11 + StoreBacklog.lineOverhead)
+        let peakSeen = Locked(0)
+        let finished = Locked(false)
+        let sampler = Thread {
+            while !finished.withLock({ $0 }) {
+                let now = h.engine.backlog.unstored()
+                peakSeen.withLock { $0 = max($0, now) }
+                usleep(200)
+            }
+        }
+        sampler.start()
+        let r = done.wait()
+        finished.withLock { $0 = true }
+        usleep(5_000)
+        let peak = peakSeen.withLock { $0 }
+        #expect(r.status == .completed)
+        #expect(r.logLines == Int64(n))
+        #expect(try h.store.maxSeq(r.id) == Int64(n))
+        #expect(peak > 0)
+        #expect(peak <= bound + oneBatch, "unstored peaked at \(peak) bytes with a bound of \(bound)")
+        #expect(h.engine.backlog.unstored() == 0)
+    }
+
     @Test func pythonRunsWithInputAndItsOutputIsParsed() throws {
         let h = try EngineHarness()
         let r = try h.run(h.request(.python, """
