@@ -6,6 +6,8 @@ let package = Package(
     platforms: [.macOS(.v14)],
     products: [
         .executable(name: "kiln", targets: ["kiln"]),
+        // The first process of every workload, installed beside kiln (CModules/KilnInit).
+        .executable(name: "kiln-init", targets: ["kiln-init"]),
         // The fuzz target (make fuzz); built plainly it replays inputs.
         .executable(name: "kiln-fuzz", targets: ["KilnFuzz"]),
     ],
@@ -29,6 +31,10 @@ let package = Package(
         // Linux process shims (clone into a PID namespace, spawn, pipes), a C target built
         // with _GNU_SOURCE so flags and syscall numbers come from the system headers.
         .target(name: "CKilnSys", path: "CModules/CKilnSys", cSettings: [.define("_GNU_SOURCE")]),
+        // The first process of every workload: joins its cgroup, forks it, reaps, forwards
+        // its status. Plain C, so it starts without a language runtime.
+        .executableTarget(name: "kiln-init", path: "CModules/KilnInit",
+                          linkerSettings: [.unsafeFlags(["-nostartfiles"])]),
         // libmicrohttpd, its request/response bridge, framing, request targets and slow
         // clients: the only importer of CMicroHTTPD.
         .target(name: "KilnHTTP", dependencies: ["CMicroHTTPD"]),
@@ -82,6 +88,8 @@ let package = Package(
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "Metrics", package: "swift-metrics"),
                 .product(name: "Prometheus", package: "swift-prometheus"),
+                // Built with it, so `swift build --product kiln` puts kiln-init beside kiln.
+                "kiln-init",
             ]
         ),
         // Request decoding and routing under a fuzzer, with an engine that runs nothing.
@@ -100,12 +108,13 @@ let package = Package(
         .testTarget(name: "KilnHTTPTests", dependencies: ["KilnHTTP", "KilnTestSupport"]),
         .testTarget(name: "KilnLogsTests", dependencies: ["KilnLogs", "KilnCore", "KilnTestSupport"]),
         .testTarget(name: "KilnStoreTests", dependencies: ["KilnStore", "KilnCore", "KilnTestSupport"]),
+        .testTarget(name: "KilnProcessTests", dependencies: ["KilnProcess", "KilnTestSupport", "kiln-init"]),
         .testTarget(name: "KilnEngineTests", dependencies: ["KilnEngine", "KilnBackends", "KilnLogs", "KilnStore", "KilnCore",
-                                                            "KilnProcess", "KilnTestSupport"]),
-        // Depends on the executable so that `swift test` builds the binary it runs (KILN_BIN overrides it).
-        .testTarget(name: "KilnIntegrationTests", dependencies: ["KilnTestSupport", "KilnCore", "kiln"]),
+                                                            "KilnProcess", "KilnTestSupport", "kiln-init"]),
+        // Depends on the executables so that `swift test` builds the binaries it runs (KILN_BIN overrides kiln).
+        .testTarget(name: "KilnIntegrationTests", dependencies: ["KilnTestSupport", "KilnCore", "kiln", "kiln-init"]),
         .testTarget(name: "KilnAPITests", dependencies: ["KilnAPI", "KilnEngine", "KilnLogs", "KilnStore", "KilnBackends", "KilnHTTP",
-                                                         "KilnTestSupport", "KilnFuzzSupport",
+                                                         "KilnTestSupport", "KilnFuzzSupport", "kiln-init",
                                                          .product(name: "Logging", package: "swift-log")]),
     ],
     swiftLanguageModes: [.v6]

@@ -470,8 +470,13 @@ for ((i = 0; i < nsteps; i++)); do
             case $dest in /*) ;; *) target=$M$IMG_WORKDIR/$dest ;; esac
             for src in "${srcs[@]}"; do
                 if [ -n "$from" ]; then
-                    # The builder stage's output: the binary under test stands in for it.
-                    [ "$(basename "$src")" = kiln ] && file=$BIN || { fail "COPY --from=$from $src (line $line): only the kiln binary can be emulated"; replay_ok=0; continue; }
+                    # The builder stage's output: the binaries under test stand in for it
+                    # (kiln-init is built beside kiln).
+                    case $(basename "$src") in
+                        kiln) file=$BIN ;;
+                        kiln-init) file=$(dirname "$BIN")/kiln-init ;;
+                        *) fail "COPY --from=$from $src (line $line): only kiln and kiln-init can be emulated"; replay_ok=0; continue ;;
+                    esac
                 else
                     file=$REPO/$src
                 fi
@@ -495,14 +500,14 @@ IMAGE_USER=$IMG_USER
 KILN_SPEC=$(userspec "$IMAGE_USER")
 write_env "$WORK/plain.env" root
 in_root - ro - root full "$WORK/plain.env" -- /bin/sh -c '
-    for x in /usr/bin/tini /usr/bin/bwrap /usr/bin/runsc /usr/bin/python3 /usr/bin/node /usr/bin/setpriv /usr/local/bin/kiln; do
+    for x in /usr/bin/tini /usr/bin/bwrap /usr/bin/runsc /usr/bin/python3 /usr/bin/node /usr/bin/setpriv /usr/local/bin/kiln /usr/local/bin/kiln-init; do
         [ -x "$x" ] || echo "missing $x"
     done
-    ldd /usr/local/bin/kiln | grep "not found"
+    ldd /usr/local/bin/kiln /usr/local/bin/kiln-init | grep "not found"
     echo "node $(node --version), $(python3 --version), $(bwrap --version), runsc $(runsc --version 2>&1 | head -1)" >&2
     stat -c "volume %U:%G %a" /var/lib/kiln >&2' > "$WORK/inspect.out" 2> "$WORK/inspect.err"
 sed 's/^/     /' "$WORK/inspect.err"
-check "in the root: tini, bwrap, runsc, python3, node, setpriv, kiln present; ldd finds every library$(sed 's/^/; /' "$WORK/inspect.out" | tr -d '\n')" [ ! -s "$WORK/inspect.out" ]
+check "in the root: tini, bwrap, runsc, python3, node, setpriv, kiln, kiln-init present; ldd finds every library$(sed 's/^/; /' "$WORK/inspect.out" | tr -d '\n')" [ ! -s "$WORK/inspect.out" ]
 check "/var/lib/kiln belongs to the image user ($IMAGE_USER) with mode 755" grep -q "^volume $IMAGE_USER:.* 755$" "$WORK/inspect.err"
 NODE_VERSION=$(sed -n 's/^node \(v[0-9.]*\),.*/\1/p' "$WORK/inspect.err")
 

@@ -5,7 +5,9 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <sched.h>
+#include <pthread.h>
 #include <signal.h>
+#include <stdlib.h>
 #include <stdint.h>
 #include <string.h>
 #include <sys/prctl.h>
@@ -67,6 +69,95 @@ static void kiln_exec_workload(const struct kiln_spawn_opts *o) {
 
 /// Present only when ThreadSanitizer's runtime is linked in.
 extern void __tsan_init(void) __attribute__((weak));
+
+int kiln_can_spawn_through_init(void) { return &__tsan_init == 0; }
+
+/// What the vfork-like child of `kiln_spawn_through_init` needs, on the server's memory.
+struct kiln_init_child {
+    const struct kiln_spawn_opts *o;
+    pid_t parent;
+    int in_pid_namespace;
+};
+
+/// The child of a CLONE_VM | CLONE_VFORK clone: it runs on its own stack in the server's
+/// memory while the spawning thread waits, so it only makes system calls (no malloc, no
+/// lock) until it execs kiln-init. Every signal is blocked across the clone, so no
+/// handler of the server can run here; the handlers are reset before the exec, and
+/// kiln-init unblocks the signals.
+__attribute__((no_sanitize("thread")))
+static int kiln_init_child_main(void *arg) {
+    const struct kiln_init_child *c = arg;
+    const struct kiln_spawn_opts *o = c->o;
+    setpgid(0, 0);
+    prctl(PR_SET_PDEATHSIG, SIGKILL);
+    if (!c->in_pid_namespace && getppid() != c->parent) kiln_child_exit(125);
+    // stdin, stdout, stderr to 0-2 and the cgroup fds to 3.., through copies above
+    // them all, so that no source is overwritten before it is moved.
+    int count = o->cgroup_fd_count;
+    int sources[3 + 8];
+    if (count > 8) kiln_child_exit(126);
+    sources[0] = o->stdin_fd;
+    sources[1] = o->stdout_fd;
+    sources[2] = o->stderr_fd;
+    for (int i = 0; i < count; i++) sources[3 + i] = o->cgroup_fds[i];
+    for (int i = 0; i < 3 + count; i++) {
+        sources[i] = fcntl(sources[i], F_DUPFD, 64);
+        if (sources[i] < 0) kiln_child_exit(126);
+    }
+    for (int i = 0; i < 3 + count; i++) {
+        if (dup2(sources[i], i) < 0) kiln_child_exit(126);
+    }
+    kiln_close_from(3 + count);
+    if (chdir(o->cwd) != 0) kiln_child_exit(126);
+    if (o->mem_bytes > 0) {
+        struct rlimit rl = {(rlim_t)o->mem_bytes, (rlim_t)o->mem_bytes};
+        setrlimit(RLIMIT_AS, &rl);
+    }
+    if (o->cpu_seconds > 0) {
+        struct rlimit rl = {(rlim_t)o->cpu_seconds, (rlim_t)o->cpu_seconds + 1};
+        setrlimit(RLIMIT_CPU, &rl);
+    }
+    struct rlimit core = {0, 0};
+    setrlimit(RLIMIT_CORE, &core);
+    // Dispositions only: this child has its own copy of the handler table (no CLONE_SIGHAND).
+    for (int s = 1; s < 32; s++) {
+        if (s == SIGKILL || s == SIGSTOP) continue;
+        signal(s, SIG_DFL);
+    }
+    execve(o->path, o->argv, o->envp);
+    kiln_child_exit(127);
+    return 127;
+}
+
+__attribute__((no_sanitize("thread")))
+int kiln_spawn_through_init(const struct kiln_spawn_opts *o, int *in_pid_namespace) {
+    enum { stack_size = 64 * 1024 };
+    char *stack = malloc(stack_size);
+    if (!stack) return -ENOMEM;
+    struct kiln_init_child c = {o, getpid(), 0};
+    sigset_t all, saved;
+    sigfillset(&all);
+    pthread_sigmask(SIG_SETMASK, &all, &saved);
+    pid_t pid = -1;
+    int error = 0;
+    *in_pid_namespace = 0;
+    if (o->use_pid_namespace) {
+        c.in_pid_namespace = 1;
+        pid = clone(kiln_init_child_main, stack + stack_size, CLONE_VM | CLONE_VFORK | CLONE_NEWPID | SIGCHLD, &c);
+        if (pid > 0) *in_pid_namespace = 1;
+    }
+    if (pid < 0) {
+        c.in_pid_namespace = 0;
+        pid = clone(kiln_init_child_main, stack + stack_size, CLONE_VM | CLONE_VFORK | SIGCHLD, &c);
+    }
+    if (pid < 0) error = errno;
+    pthread_sigmask(SIG_SETMASK, &saved, NULL);
+    // CLONE_VFORK: the child has exec'd or exited, and no longer uses the stack.
+    free(stack);
+    if (pid < 0) return -error;
+    setpgid(pid, pid);
+    return pid;
+}
 
 // What runs in the child between clone and exec must not be instrumented: under
 // ThreadSanitizer a sanitizer call there could take a lock another thread held.

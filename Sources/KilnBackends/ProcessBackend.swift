@@ -74,7 +74,7 @@ public struct ProcessBackend: Backend {
         }
         // The PID namespace's init is the one process of Kiln's in the cgroup.
         return ProcessLaunch.runLimited(spec, writer: writer, cancellation: cancellation, what: "workload",
-                                        helpers: usePIDNamespace ? 1 : 0) { cgroup in
+                                        helpers: ProcessLaunch.firstProcessHelpers(pidNamespace: usePIDNamespace)) { cgroup in
             try ChildProcess.spawn(SpawnSpec(
                 executable: exe, arguments: launch.arguments,
                 environment: Dictionary(uniqueKeysWithValues: ProcessLaunch.environment(spec, home: folder.path)),
@@ -164,6 +164,7 @@ enum ProcessLaunch {
         return [
             ("timeout", .bool(true)),
             ("cgroup", .string(support.summary)),
+            ("first_process", .string(KilnInit.summary)),
             ("memory", .string("mem_mb for the whole workload, tmpfs files included (its cgroup); also \(rlimits) per process")),
             ("pids", .string("pids, every process and thread of the workload (its cgroup; Kiln's own helper processes, at most \(helperPids), are not counted)")),
             ("cpu", .string("cpus as a CPU bandwidth limit (its cgroup); RLIMIT_CPU = timeout_s × cpus")),
@@ -171,9 +172,16 @@ enum ProcessLaunch {
     }
 
     /// The most processes of Kiln's own that a workload's cgroup also holds, on top of the
-    /// workload's `pids`: the PID namespace's init (process), or bubblewrap and the init of
-    /// its PID namespace (sandbox).
-    static let helperPids = 2
+    /// workload's `pids`: kiln-init or the PID namespace's init (process), and bubblewrap
+    /// and the init of its PID namespace (sandbox).
+    static let helperPids = 3
+
+    /// Kiln's own first process, counted in the cgroup: kiln-init (which joins it on v1,
+    /// and stays outside on v2, where it clones the workload into it), or the fork of the
+    /// server that is the PID namespace's init.
+    static func firstProcessHelpers(pidNamespace: Bool) -> Int {
+        KilnInit.path != nil || pidNamespace ? 1 : 0
+    }
 
     /// What the workload's cgroup allows: `helpers` is how many of its processes are Kiln's.
     static func limits(_ spec: ExecutionSpec, helpers: Int) -> CgroupLimits {

@@ -160,7 +160,7 @@ public struct SandboxBackend: Backend {
         let argv = arguments(spec, work: folder.path, command: run.command)
         // bubblewrap and the init of its PID namespace (setpriv execs bubblewrap) are Kiln's.
         return ProcessLaunch.runLimited(spec, writer: writer, cancellation: cancellation, what: "the sandbox",
-                                        helpers: 2) { cgroup in
+                                        helpers: 2 + ProcessLaunch.firstProcessHelpers(pidNamespace: false)) { cgroup in
             try ChildProcess.spawn(SpawnSpec(
                 executable: argv[0], arguments: argv, environment: ["PATH": RuntimeLocator.minimalPath],
                 workingDirectory: folder.path, stdinPath: prepared.stdinPath,

@@ -187,7 +187,8 @@ public final class WorkloadCgroup: Sendable {
         return cgroup
     }
 
-    private init(folders: [String], version: Int, limits: CgroupLimits) {
+    /// A cgroup over existing folders, with no limits written: for tests of how a child joins.
+    init(folders: [String], version: Int, limits: CgroupLimits) {
         self.folders = folders
         self.version = version
         self.limits = limits
@@ -234,6 +235,16 @@ public final class WorkloadCgroup: Sendable {
         return fds
     }
 
+    /// What kiln-init gets to put the workload into the cgroup: on v2 the folder, which the
+    /// workload is cloned into (clone3's CLONE_INTO_CGROUP: no cgroup.procs write, so its
+    /// start does not wait for the kernel's threadgroup lock); on v1 the cgroup.procs files.
+    func openForInit() throws(CgroupError) -> [Int32] {
+        guard version == 2 else { return try openProcsFiles() }
+        let fd = open(folders[0], O_RDONLY | O_DIRECTORY | O_CLOEXEC)
+        guard fd >= 0 else { throw CgroupError("cannot open \(folders[0]): \(String(cString: strerror(errno)))") }
+        return [fd]
+    }
+
     /// Whether the kernel killed a process of the workload for going over its memory.
     public var memoryExceeded: Bool {
         let memory = folder("memory")
@@ -251,7 +262,10 @@ public final class WorkloadCgroup: Sendable {
     /// SIGKILLs everything in it, a daemonized grandchild included, and waits (briefly) until it is empty.
     public func killAll() {
         if version == 2, (try? CgroupFile.write("\(folders[0])/cgroup.kill", "1")) != nil {
-            for _ in 0..<200 where !processes.isEmpty { usleep(5_000) }
+            for _ in 0..<200 {
+                if processes.isEmpty { return }
+                usleep(5_000)
+            }
             return
         }
         // v1 has no cgroup.kill: kill what is listed until nothing is (a fork racing the
@@ -267,8 +281,12 @@ public final class WorkloadCgroup: Sendable {
     /// Removes the folders (after `killAll`); a folder with processes left stays, and the
     /// next server's start or a workload of the same id removes it.
     public func remove() {
-        for folder in folders where access(folder, F_OK) == 0 {
-            for _ in 0..<100 where rmdir(folder) != 0 && errno == EBUSY { usleep(5_000) }
+        for folder in folders {
+            // EBUSY while the last process's exit is still being accounted; ENOENT: gone.
+            for _ in 0..<100 {
+                if rmdir(folder) == 0 || errno != EBUSY { break }
+                usleep(5_000)
+            }
         }
     }
 }

@@ -135,9 +135,12 @@ public final class ChildProcess: @unchecked Sendable {
             for fd in out + err + wake { close(fd) }
             throw SpawnError(description: "open stdin: \(errnoText())")
         }
+        let initPath = KilnInit.path
         let cgroupFDs: [Int32]
         do {
-            cgroupFDs = try spec.cgroup?.openProcsFiles() ?? []
+            cgroupFDs = try spec.cgroup.map { cgroup throws(CgroupError) in
+                initPath != nil ? try cgroup.openForInit() : try cgroup.openProcsFiles()
+            } ?? []
         } catch {
             for fd in out + err + wake + [stdinFD, input[1]] where fd >= 0 { close(fd) }
             throw SpawnError(description: error.description)
@@ -148,11 +151,16 @@ public final class ChildProcess: @unchecked Sendable {
             close(err[1])
             for fd in cgroupFDs { close(fd) }
         }
+        // Through kiln-init: it is what the clone execs, and the workload is its argument.
+        let executable = initPath ?? spec.executable
+        let arguments = initPath == nil ? spec.arguments
+            : ["kiln-init", spec.cgroup.map { $0.version == 2 ? "v2" : "v1" } ?? "none", String(cgroupFDs.count),
+               spec.executable] + spec.arguments
         var inNamespace: Int32 = 0
         let pid = Spawner.shared.run {
-            withCStrings(spec.arguments) { argv in
+            withCStrings(arguments) { argv in
                 withCStrings(spec.environment.map { "\($0.key)=\($0.value)" }) { envp in
-                    spec.executable.withCString { path in
+                    executable.withCString { path in
                         spec.workingDirectory.withCString { cwd in
                             cgroupFDs.withUnsafeBufferPointer { groups in
                                 var opts = kiln_spawn_opts(
@@ -162,7 +170,8 @@ public final class ChildProcess: @unchecked Sendable {
                                     cpu_seconds: Int64(spec.cpuLimitSeconds ?? 0),
                                     use_pid_namespace: spec.usePIDNamespace ? 1 : 0,
                                     cgroup_fds: groups.baseAddress, cgroup_fd_count: Int32(groups.count))
-                                return kiln_spawn(&opts, &inNamespace)
+                                return initPath != nil ? kiln_spawn_through_init(&opts, &inNamespace)
+                                    : kiln_spawn(&opts, &inNamespace)
                             }
                         }
                     }

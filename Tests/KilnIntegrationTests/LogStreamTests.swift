@@ -71,7 +71,10 @@ import KilnTestSupport
 
     @Test func aLateSubscriberWithTail0GetsOnlyLaterLines() throws {
         let s = try KilnServer.start()
-        let id = try s.submit(#"{"runtime": "shell", "code": "echo early; sleep 1.5; echo late"}"#)
+        // The late line waits for the subscriber, not for a time a busy machine may overrun.
+        let go = "/tmp/kiln-go-\(UUID().uuidString)"
+        defer { unlink(go) }
+        let id = try s.submit(#"{"runtime": "shell", "isolation": "process", "code": "echo early; while [ ! -e \#(go) ]; do sleep 0.02; done; echo late", "resources": {"timeout_s": 120}}"#)
         // Wait until the early line is stored.
         let deadline = Date().addingTimeInterval(30)
         while try s.json("GET", "/v1/workloads/\(id)/logs/history").1["lines"]?.arrayValue?.isEmpty != false {
@@ -80,7 +83,10 @@ import KilnTestSupport
         }
         // The record counts live lines while it runs.
         #expect(try s.json("GET", "/v1/workloads/\(id)").1["log_lines"] == .int(1))
-        let c = try SSEClient.first("\(s.baseURL)/v1/workloads/\(id)/logs?tail=0")
+        let stream = try SSEClient.start("\(s.baseURL)/v1/workloads/\(id)/logs?tail=0")
+        try s.waitForSubscribers(1)
+        #expect(FileManager.default.createFile(atPath: go, contents: nil))
+        let c = try stream.wait()["connections"]?.arrayValue?.first ?? .null
         #expect(c.eventLines == ["late"])
         #expect(c.eventIDs == [2])
         #expect(c["ended"] == .bool(true))
@@ -178,8 +184,14 @@ import KilnTestSupport
 
     @Test func heartbeatsKeepIdleStreamsAlive() throws {
         let s = try KilnServer.start(env: ["KILN_HEARTBEAT_S": "1"])
-        let id = try s.submit(#"{"runtime": "shell", "code": "echo start; sleep 3.5; echo done"}"#)
-        let c = try SSEClient.first("\(s.baseURL)/v1/workloads/\(id)/logs")
+        // The idle 3.5 s start once the stream is connected, however long its client takes to start.
+        let go = "/tmp/kiln-go-\(UUID().uuidString)"
+        defer { unlink(go) }
+        let id = try s.submit(#"{"runtime": "shell", "isolation": "process", "code": "echo start; while [ ! -e \#(go) ]; do sleep 0.02; done; sleep 3.5; echo done", "resources": {"timeout_s": 120}}"#)
+        let stream = try SSEClient.start("\(s.baseURL)/v1/workloads/\(id)/logs")
+        try s.waitForSubscribers(1)
+        #expect(FileManager.default.createFile(atPath: go, contents: nil))
+        let c = try stream.wait()["connections"]?.arrayValue?.first ?? .null
         #expect((c["comments"]?.int64Value ?? 0) >= 2)
         #expect(c.eventLines == ["start", "done"])
     }

@@ -165,6 +165,17 @@ public final class KilnServer: @unchecked Sendable {
         throw TestFailure("workload \(id) did not start within \(timeout) s")
     }
 
+    /// Polls `/v1/stats` until the server counts `n` live streams (a busy machine may take
+    /// seconds to start a stream's client).
+    public func waitForSubscribers(_ n: Int, timeout: TimeInterval = 30) throws {
+        let deadline = Date().addingTimeInterval(timeout)
+        while Date() < deadline {
+            if try json("GET", "/v1/stats").1["sse_subscribers"] == .int(Int64(n)) { return }
+            usleep(20_000)
+        }
+        throw TestFailure("the server did not count \(n) streams within \(timeout) s")
+    }
+
     // MARK: /proc readings
 
     public func openFDs() -> Int {

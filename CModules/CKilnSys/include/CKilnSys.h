@@ -20,8 +20,8 @@ struct kiln_spawn_opts {
     long long mem_bytes;       // RLIMIT_AS; 0 = not set
     long long cpu_seconds;     // RLIMIT_CPU; 0 = not set
     int use_pid_namespace;     // try a new PID namespace (falls back when refused)
-    const int *cgroup_fds;     // cgroup.procs files the child joins (writes "0") before anything else
-    int cgroup_fd_count;
+    const int *cgroup_fds;     // kiln_spawn: cgroup.procs files the child joins (writes "0")
+    int cgroup_fd_count;       // before anything else; kiln_spawn_through_init: fds 3..
 };
 
 /// Starts a workload. Returns the pid of the direct child (> 0) or -errno.
@@ -34,6 +34,18 @@ struct kiln_spawn_opts {
 /// signal follows the *thread* that spawned: call this from a thread that lives
 /// as long as the server.
 int kiln_spawn(const struct kiln_spawn_opts *o, int *in_pid_namespace);
+
+/// Starts kiln-init (`o->path`, with `o->argv` naming the workload) the way posix_spawn
+/// starts a program: a CLONE_VM | CLONE_VFORK clone that borrows the server's memory
+/// until it execs, so the server's page tables are never copied. With
+/// `use_pid_namespace` it is the init of a new PID namespace. Its fds 0-2 are the
+/// workload's, and `cgroup_fds` become fds 3.. (kiln-init's `join` argument says what
+/// they are). Returns the pid (> 0) or -errno.
+int kiln_spawn_through_init(const struct kiln_spawn_opts *o, int *in_pid_namespace);
+
+/// Whether `kiln_spawn_through_init` may be used: not under ThreadSanitizer, whose
+/// interceptors would run in the borrowed memory.
+int kiln_can_spawn_through_init(void);
 
 /// A pollable descriptor that becomes readable when `pid` exits (Linux 5.3+); -errno on failure.
 int kiln_pidfd_open(pid_t pid);
