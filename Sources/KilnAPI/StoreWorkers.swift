@@ -7,8 +7,8 @@ final class StoreWorkers: Sendable {
     private let queues: [DispatchQueue]
     private let next = Atomic<Int>(0)
 
-    init(count: Int) {
-        queues = (0..<max(1, count)).map { DispatchQueue(label: "kiln.store-requests.\($0)") }
+    init(count: Int, label: String = "kiln.store-requests") {
+        queues = (0..<max(1, count)).map { DispatchQueue(label: "\(label).\($0)") }
     }
 
     func async(_ work: @escaping @Sendable () -> Void) {

@@ -50,6 +50,8 @@ public final class LogBroker: Sendable {
     private let history: LogHistory?
     private let ending: LogEnding?
     private let frame: LogFrameEncoder?
+    /// Where readers' store reads run (nil: inline, on the reader's thread).
+    let storeReads: WorkRunner?
     let windowLines: Int
 
     let windowBytes: Int
@@ -63,13 +65,16 @@ public final class LogBroker: Sendable {
     ///   - frame: encodes each line once as it is published; subscribers that ask for
     ///     frames get copies of these bytes instead of encoding every line themselves
     ///     (at 1,000 subscribers that is 999 encodings saved per line).
+    ///   - storeReads: runs readers' `history` and `ending` reads off their threads (a
+    ///     reader gets `.wait` and its waker once the answer is in); nil runs them inline.
     public init(windowLines: Int = 65_536, windowBytes: Int = 8 << 20, history: LogHistory? = nil,
-                ending: LogEnding? = nil, frame: LogFrameEncoder? = nil) {
+                ending: LogEnding? = nil, frame: LogFrameEncoder? = nil, storeReads: WorkRunner? = nil) {
         self.windowLines = max(1, windowLines)
         self.windowBytes = max(1, windowBytes)
         self.history = history
         self.ending = ending
         self.frame = frame
+        self.storeReads = storeReads
     }
 
     /// Starts the log of a workload (idempotent).
@@ -77,7 +82,8 @@ public final class LogBroker: Sendable {
     public func open(_ id: String) -> WorkloadLog {
         logs.withLock { logs in
             if let log = logs[id] { return log }
-            let log = WorkloadLog(id: id, windowLines: windowLines, windowBytes: windowBytes, history: history, frame: frame)
+            let log = WorkloadLog(id: id, windowLines: windowLines, windowBytes: windowBytes, history: history, frame: frame,
+                                  storeReads: storeReads)
             logs[id] = log
             return log
         }
@@ -161,13 +167,16 @@ public final class WorkloadLog: @unchecked Sendable {
     private let windowBytes: Int
     let history: LogHistory?
     let frame: LogFrameEncoder?
+    let storeReads: WorkRunner?
 
-    init(id: String, windowLines: Int, windowBytes: Int, history: LogHistory?, frame: LogFrameEncoder? = nil) {
+    init(id: String, windowLines: Int, windowBytes: Int, history: LogHistory?, frame: LogFrameEncoder? = nil,
+         storeReads: WorkRunner? = nil) {
         self.id = id
         self.windowLines = windowLines
         self.windowBytes = windowBytes
         self.history = history
         self.frame = frame
+        self.storeReads = storeReads
     }
 
     /// A line's size in a read's byte budget: its text and record.
@@ -237,24 +246,31 @@ public final class WorkloadLog: @unchecked Sendable {
 
     /// Lines after `cursor`, up to `max` and about `maxBytes`; registers `waiter` when there are none.
     /// With `framed` (and an encoder), lines in the window come as one run of frames of at
-    /// most `maxBytes` (at least one frame).
+    /// most `maxBytes` (at least one frame). Lines behind the window come from the store
+    /// through `storeRead` (`.wait` until its answer is in).
     func read(after cursor: Int64, max: Int, maxBytes: Int, framed: Bool = false,
-              waiter: ObjectIdentifier, wake: (@Sendable () -> Void)?) -> LogRead {
+              waiter: ObjectIdentifier, wake: (@Sendable () -> Void)?, storeRead: PendingStoreRead? = nil) -> LogRead {
         lock.lock()
         let firstInWindow = head < window.count ? window[head].seq : lastSeqValue + 1
         if cursor < firstInWindow - 1, let history {
             lock.unlock()
             // Behind the window: these lines are persisted.
-            let lines: [LogLine]
-            do {
-                lines = try history(id, cursor, Swift.min(max, 64, Int(firstInWindow - 1 - cursor)))
-            } catch {
-                return .failed("cannot read stored lines of \(id): \(error)")
+            let id = self.id, limit = Swift.min(max, 256, Int(firstInWindow - 1 - cursor))
+            let outcome = (storeRead ?? PendingStoreRead(runner: nil)).ask(.lines(after: cursor), wake: wake ?? {}) {
+                .lines(try history(id, cursor, limit))
             }
-            if !lines.isEmpty { return .lines(LogBudget.trim(lines, to: maxBytes)) }
-            // The store did not answer: never skip ahead to the window; try again later.
-            if let wake { DispatchQueue.global().asyncAfter(deadline: .now() + .milliseconds(50)) { wake() } }
-            return .wait
+            switch outcome {
+            case .pending:
+                return .wait
+            case .failed(let why):
+                return .failed("cannot read stored lines of \(id): \(why)")
+            case .answered(.lines(let lines?)) where !lines.isEmpty:
+                return .lines(LogBudget.trim(lines, to: maxBytes))
+            case .answered:
+                // The store did not answer: never skip ahead to the window; try again later.
+                if let wake { DispatchQueue.global().asyncAfter(deadline: .now() + .milliseconds(50)) { wake() } }
+                return .wait
+            }
         }
         if cursor < lastSeqValue, head < window.count {
             // Seqs in the window are contiguous: index arithmetic finds the cursor.
@@ -318,10 +334,12 @@ public final class LogSubscription: @unchecked Sendable {
     private let lock = NSLock()
     private var waker: (@Sendable () -> Void)?
     private var cancelled = false
+    private let storeRead: PendingStoreRead
 
     init(log: WorkloadLog, after: Int64) {
         self.log = log
         self.cursor = after
+        self.storeRead = PendingStoreRead(runner: log.storeReads)
     }
 
     /// The closure called (from any thread) when `next` answered `.wait` and something arrived.
@@ -337,7 +355,7 @@ public final class LogSubscription: @unchecked Sendable {
         let wake = cancelled ? nil : waker
         lock.unlock()
         let result = log.read(after: cursor, max: max, maxBytes: maxBytes, framed: framed,
-                              waiter: ObjectIdentifier(self), wake: wake)
+                              waiter: ObjectIdentifier(self), wake: wake, storeRead: storeRead)
         switch result {
         case .lines(let lines): if let last = lines.last { cursor = last.seq }
         case .frames(_, let last): cursor = last

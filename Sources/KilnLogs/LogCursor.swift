@@ -17,12 +17,14 @@ public final class LogCursor: @unchecked Sendable {
     private let broker: LogBroker
     private var subscription: LogSubscription?
     private let waker = Locked<(waker: (@Sendable () -> Void)?, cancelled: Bool)>((nil, false))
+    private let storeRead: PendingStoreRead
 
     init(broker: LogBroker, id: String, after: Int64) {
         self.broker = broker
         self.id = id
         self.cursor = after
         self.subscription = broker.subscription(id, after: after)
+        self.storeRead = PendingStoreRead(runner: broker.storeReads)
     }
 
     /// Whether it reads a live log (the workload had not ended when it was last read).
@@ -43,24 +45,32 @@ public final class LogCursor: @unchecked Sendable {
             cursor = sub.cursor
             return r
         }
-        let stored: [LogLine]?
-        do {
-            stored = try broker.storedLines(id, after: cursor, limit: Swift.min(max, 64))
-        } catch {
-            return .failed("cannot read stored lines of \(id): \(error)")
+        // A finished workload: the store's lines, then (once there are none) its stored end,
+        // read together on the broker's store runner (`.wait` until it answers).
+        let broker = self.broker, id = self.id, after = cursor, limit = Swift.min(max, 256)
+        let wake: @Sendable () -> Void = { [weak self] in self?.currentWaker?() }
+        let outcome = storeRead.ask(.lines(after: after), wake: wake) {
+            if let lines = try broker.storedLines(id, after: after, limit: limit), !lines.isEmpty { return .lines(lines) }
+            do {
+                return .end(try broker.storedEnd(id))
+            } catch {
+                throw StoredEndError(text: "cannot read workload \(id): \(error)")
+            }
         }
-        if let stored, !stored.isEmpty {
+        switch outcome {
+        case .pending:
+            return .wait
+        case .failed(let why):
+            return .failed(why.hasPrefix("cannot read workload") ? why : "cannot read stored lines of \(id): \(why)")
+        case .answered(.lines(let stored?)) where !stored.isEmpty:
             let lines = LogBudget.trim(stored, to: maxBytes)
             cursor = lines.last!.seq
             return .lines(lines)
+        case .answered(.end(let end?)):
+            return .end(end, lastSeq: Swift.max(cursor, end.logLines))
+        case .answered:
+            break
         }
-        let end: EndInfo?
-        do {
-            end = try broker.storedEnd(id)
-        } catch {
-            return .failed("cannot read workload \(id): \(error)")
-        }
-        if let end { return .end(end, lastSeq: Swift.max(cursor, end.logLines)) }
         // Not terminal and not live yet: just submitted. Attach when the broker has it.
         if let sub = broker.subscription(id, after: cursor) {
             if let w = currentWaker { sub.setWaker(w) }
@@ -71,6 +81,11 @@ public final class LogCursor: @unchecked Sendable {
         }
         if let w = currentWaker { DispatchQueue.global().asyncAfter(deadline: .now() + .milliseconds(20)) { w() } }
         return .wait
+    }
+
+    private struct StoredEndError: Error, CustomStringConvertible {
+        let text: String
+        var description: String { text }
     }
 
     /// No waker is called after this returns.

@@ -52,6 +52,64 @@ import KilnCore
         guard case .failed = noEnd.cursor("x", after: 0).next() else { Issue.record("expected a failure"); return }
     }
 
+    /// With a store runner, no store read runs on the reader's thread: the reader gets
+    /// `.wait`, its waker is called once the answer is in, and the next read returns it;
+    /// for a finished log, a lagging subscriber of a live one, and a failing store alike.
+    @Test func storeReadsRunOnTheRunnerAndWakeTheReader() throws {
+        let queue = DispatchQueue(label: "test-store-reads")
+        let onReaderThread = Locked(0)
+        let readerThread = Locked<pthread_t?>(nil)
+        let stored = (1...300).map(line)
+        let failing = LockedFlag()
+        let broker = LogBroker(windowLines: 5, history: { _, after, limit in
+            if readerThread.withLock({ $0.map { pthread_equal($0, pthread_self()) != 0 } ?? false }) { onReaderThread.withLock { $0 += 1 } }
+            if failing.value { throw StoreDown() }
+            return Array(stored.filter { $0.seq > after }.prefix(limit))
+        }, ending: { _ in EndInfo(status: .completed, exitCode: 0, error: nil, logLines: 300) },
+           storeReads: { work in queue.async(execute: work) })
+        readerThread.withLock { $0 = pthread_self() }
+
+        /// Reads to the end (or a failure), waiting for the waker after each `.wait`.
+        func readAll(_ c: LogCursor) -> ([Int64], LogRead, Int) {
+            let woken = DispatchSemaphore(value: 0)
+            c.setWaker { woken.signal() }
+            var seqs: [Int64] = [], waits = 0
+            while true {
+                let r = c.next(max: 50, maxBytes: 1 << 20)
+                switch r {
+                case .lines(let ls): seqs += ls.map(\.seq)
+                case .wait:
+                    waits += 1
+                    if woken.wait(timeout: .now() + 10) == .timedOut { return (seqs, r, waits) }
+                case .frames, .end, .failed: return (seqs, r, waits)
+                }
+            }
+        }
+
+        let (seqs, last, waits) = readAll(broker.cursor("done", after: 0))
+        #expect(seqs == (1...300).map { Int64($0) })
+        guard case .end(_, 300) = last else { Issue.record("expected end at 300, got \(last)"); return }
+        #expect(waits > 0)
+
+        // A live log whose window holds only the last lines: the rest comes from the store.
+        broker.open("live")
+        broker.publish("live", stored)
+        broker.markPersisted("live", upTo: 300)
+        let c = broker.cursor("live", after: 0)
+        #expect(c.isLive)
+        broker.close("live", end: EndInfo(status: .completed, exitCode: 0, error: nil, logLines: 300))
+        let (liveSeqs, liveLast, _) = readAll(c)
+        #expect(liveSeqs == (1...300).map { Int64($0) })
+        guard case .end = liveLast else { Issue.record("expected the end, got \(liveLast)"); return }
+
+        failing.set()
+        let (none, failed, _) = readAll(broker.cursor("done", after: 0))
+        #expect(none.isEmpty)
+        guard case .failed(let why) = failed else { Issue.record("expected a failure, got \(failed)"); return }
+        #expect(why.contains("cannot read stored lines"))
+        #expect(onReaderThread.withLock { $0 } == 0, "store reads ran on the reader's thread")
+    }
+
     @Test func aLiveLogIsReadThenItsEnd() {
         let broker = LogBroker(history: { _, _, _ in [] }, ending: { _ in nil })
         broker.open("w")
