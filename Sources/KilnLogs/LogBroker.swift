@@ -207,6 +207,9 @@ public final class WorkloadLog: @unchecked Sendable {
         let toWake = waiters
         waiters.removeAll(keepingCapacity: true)
         lock.unlock()
+        // On the publisher's thread, on purpose: a wake only flags or resumes a connection
+        // (libmicrohttpd does the sending). Handing the wakes to a serial queue instead was
+        // measured slower: B1 R=max 2.51 -> 2.11 M events/s, S=10000 p99 479 -> 570 ms.
         for wake in toWake.values { wake() }
     }
 
