@@ -11,6 +11,8 @@ public struct ServerConfig: Sendable {
     public var port: Int
     public var db: String
     public var maxConcurrent: Int
+    /// `KILN_TENANT_MAX_CONCURRENT`; nil: every slot.
+    public var tenantMaxConcurrent: Int?
     public var queueLimit: Int
     public var maxBodyBytes: Int
     public var defaultTimeoutS: Int
@@ -107,6 +109,8 @@ public struct ServerConfig: Sendable {
         return ServerConfig(
             host: host, port: port, db: db,
             maxConcurrent: try int("KILN_MAX_CONCURRENT", min: 1, max: 10_000),
+            tenantMaxConcurrent: value("KILN_TENANT_MAX_CONCURRENT").trimmingCharacters(in: .whitespaces).isEmpty
+                ? nil : try int("KILN_TENANT_MAX_CONCURRENT", min: 1, max: 10_000),
             queueLimit: try int("KILN_QUEUE_LIMIT", min: 0),
             maxBodyBytes: try int("KILN_MAX_BODY_BYTES", min: 1),
             defaultTimeoutS: defaultTimeout, maxTimeoutS: maxTimeout,

@@ -44,6 +44,8 @@ public enum Settings {
                 meaning: "`1`: listen beyond loopback without any token"),
         Setting(name: "KILN_MAX_CONCURRENT", defaultValue: String(2 * ProcessInfo.processInfo.activeProcessorCount), shownDefault: "2 × cores",
                 meaning: "workloads executing at once; the rest wait as `pending`"),
+        Setting(name: "KILN_TENANT_MAX_CONCURRENT", defaultValue: "", shownDefault: "every slot",
+                meaning: "workloads of one tenant executing at once; the rest wait as `pending`, and a free slot goes to the tenant with the fewest running"),
         Setting(name: "KILN_QUEUE_LIMIT", defaultValue: "1000", shownDefault: "1000",
                 meaning: "pending workloads allowed; past it, 429"),
         Setting(name: "KILN_MAX_BODY_BYTES", defaultValue: "10485760", shownDefault: "10485760",

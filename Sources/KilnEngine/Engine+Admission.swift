@@ -50,11 +50,14 @@ extension Engine {
         }
         jobs[record.id] = job
         var start = false
-        if runningCount < config.maxConcurrent && queue.isEmpty {
+        // A free slot, and the tenant under its share: start. (Whatever waits then is of
+        // tenants at their limit, so starting this one passes no one.)
+        if runningCount < config.maxConcurrent && queue.mayStart(job.tenant) {
             runningCount += 1
+            queue.started(job.tenant)
             start = true
         } else {
-            queue.append(job)
+            queue.enqueue(job, tenant: job.tenant)
         }
         lock.unlock()
         if start { launch(job) }
@@ -82,8 +85,7 @@ extension Engine {
             throw .alreadyFinished(record)
         }
         job.completions.withLock { $0.append(onFinish) }
-        if let index = queue.firstIndex(where: { $0 === job }) {
-            queue.remove(at: index)
+        if queue.remove(where: { $0 === job }) {
             jobs[id] = nil
             lock.unlock()
             finishUnstarted(job, status: .killed, error: "killed before it started")

@@ -24,8 +24,9 @@ extension Engine {
             while let j = current {
                 run(j)
                 lock.lock()
-                if !shuttingDown, !queue.isEmpty {
-                    current = queue.removeFirst()
+                queue.finished(j.tenant)
+                if !shuttingDown, let next = queue.next() {
+                    current = next
                 } else {
                     current = nil
                     runningCount -= 1

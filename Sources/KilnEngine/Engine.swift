@@ -33,7 +33,7 @@ public final class Engine: @unchecked Sendable {
     // Guarded by `lock`.
     let lock = NSLock()
     var jobs: [String: Job] = [:]
-    var queue: [Job] = []
+    var queue: FairQueue<Job>
     var runningCount = 0
     var reserved = 0
     var shuttingDown = false
@@ -45,6 +45,7 @@ public final class Engine: @unchecked Sendable {
         self.probes = BackendProbes(backends)
         self.backlog = StoreBacklog(perWorkload: config.unstoredPerWorkload, total: config.unstoredTotal)
         self.config = config
+        self.queue = FairQueue(tenantLimit: config.tenantMaxConcurrent)
         self.logger = logger
         try? FileManager.default.createDirectory(atPath: config.workRoot, withIntermediateDirectories: true)
     }
@@ -64,8 +65,7 @@ public final class Engine: @unchecked Sendable {
     public func shutdown(timeout: TimeInterval = 8) {
         lock.lock()
         shuttingDown = true
-        let pending = queue
-        queue.removeAll()
+        let pending = queue.removeAll()
         for job in pending { jobs[job.spec.id] = nil }
         let live = Array(jobs.values)
         lock.unlock()

@@ -2,6 +2,9 @@ import KilnCore
 
 public struct EngineConfig: Sendable {
     public var maxConcurrent: Int
+    /// How many of one tenant's workloads may run at once (`KILN_TENANT_MAX_CONCURRENT`);
+    /// at most `maxConcurrent`.
+    public var tenantMaxConcurrent: Int
     public var queueLimit: Int
     /// Where per-workload work folders are made.
     public var workRoot: String
@@ -19,7 +22,7 @@ public struct EngineConfig: Sendable {
 
     public static let defaultMaxLogBytes = 64 << 20
 
-    public init(maxConcurrent: Int, queueLimit: Int, workRoot: String,
+    public init(maxConcurrent: Int, tenantMaxConcurrent: Int? = nil, queueLimit: Int, workRoot: String,
                 allowedIsolation: Set<Isolation> = Isolation.allowedByDefault,
                 maxLogBytes: Int = EngineConfig.defaultMaxLogBytes,
                 unstoredPerWorkload: Int = 4 << 20, unstoredTotal: Int = 32 << 20) {
@@ -27,6 +30,7 @@ public struct EngineConfig: Sendable {
         self.unstoredPerWorkload = max(1, unstoredPerWorkload)
         self.unstoredTotal = max(1, unstoredTotal)
         self.maxConcurrent = max(1, maxConcurrent)
+        self.tenantMaxConcurrent = min(self.maxConcurrent, max(1, tenantMaxConcurrent ?? maxConcurrent))
         self.queueLimit = max(0, queueLimit)
         self.workRoot = workRoot
         self.allowedIsolation = allowedIsolation.subtracting([.auto])

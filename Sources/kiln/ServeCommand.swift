@@ -14,6 +14,7 @@ struct ServeCommand: ParsableCommand {
     @Option(parsing: .unconditional, help: ArgumentHelp(Settings.named("KILN_DB").help)) var db: String?
     @Option(parsing: .unconditional, help: ArgumentHelp(Settings.named("KILN_API_TOKEN").help)) var apiToken: String?
     @Option(parsing: .unconditional, help: ArgumentHelp(Settings.named("KILN_MAX_CONCURRENT").help)) var maxConcurrent: String?
+    @Option(parsing: .unconditional, help: ArgumentHelp(Settings.named("KILN_TENANT_MAX_CONCURRENT").help)) var tenantMaxConcurrent: String?
     @Option(parsing: .unconditional, help: ArgumentHelp(Settings.named("KILN_QUEUE_LIMIT").help)) var queueLimit: String?
     @Option(parsing: .unconditional, help: ArgumentHelp(Settings.named("KILN_MAX_BODY_BYTES").help)) var maxBodyBytes: String?
     @Option(parsing: .unconditional, help: ArgumentHelp(Settings.named("KILN_DEFAULT_TIMEOUT_S").help)) var defaultTimeoutS: String?
@@ -33,7 +34,8 @@ struct ServeCommand: ParsableCommand {
     func run() throws {
         let flags: [String: String?] = [
             "KILN_LISTEN": listen, "KILN_DB": db, "KILN_API_TOKEN": apiToken,
-            "KILN_MAX_CONCURRENT": maxConcurrent, "KILN_QUEUE_LIMIT": queueLimit,
+            "KILN_MAX_CONCURRENT": maxConcurrent, "KILN_TENANT_MAX_CONCURRENT": tenantMaxConcurrent,
+            "KILN_QUEUE_LIMIT": queueLimit,
             "KILN_MAX_BODY_BYTES": maxBodyBytes, "KILN_DEFAULT_TIMEOUT_S": defaultTimeoutS,
             "KILN_MAX_TIMEOUT_S": maxTimeoutS, "KILN_HEARTBEAT_S": heartbeatS,
             "KILN_REQUEST_TIMEOUT_S": requestTimeoutS,

@@ -57,7 +57,8 @@ final class ServerRunner: Sendable {
             IsolateBackend(scriptFolder: stateRoot + "/isolate", logger: logger),
         ]
         let engine = Engine(store: store, broker: broker, backends: backends,
-                            config: EngineConfig(maxConcurrent: config.maxConcurrent, queueLimit: config.queueLimit, workRoot: workRoot,
+                            config: EngineConfig(maxConcurrent: config.maxConcurrent, tenantMaxConcurrent: config.tenantMaxConcurrent,
+                                                 queueLimit: config.queueLimit, workRoot: workRoot,
                                                  allowedIsolation: config.isolation, maxLogBytes: config.maxLogBytes),
                             logger: logger)
         try engine.recover()

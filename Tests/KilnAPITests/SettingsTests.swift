@@ -20,6 +20,19 @@ import KilnTestSupport
         }
     }
 
+    @Test func theTenantShareIsEverySlotUnlessSetAndMustBeAWholeNumber() throws {
+        let env = ["KILN_DB": ":memory:"]
+        #expect(try ServerConfig.resolve(flags: [:], environment: env).tenantMaxConcurrent == nil)
+        #expect(try ServerConfig.resolve(flags: [:], environment: env.merging(["KILN_TENANT_MAX_CONCURRENT": "3"]) { $1 })
+            .tenantMaxConcurrent == 3)
+        #expect(try ServerConfig.resolve(flags: ["KILN_TENANT_MAX_CONCURRENT": "2"], environment: env).tenantMaxConcurrent == 2)
+        for bad in ["0", "-1", "x", "10001"] {
+            #expect {
+                _ = try ServerConfig.resolve(flags: [:], environment: env.merging(["KILN_TENANT_MAX_CONCURRENT": bad]) { $1 })
+            } throws: { "\($0)".contains("KILN_TENANT_MAX_CONCURRENT") }
+        }
+    }
+
     @Test func serveHasExactlyTheRegistrysFlags() throws {
         let (_, out, _) = try Curl.exec(KilnServer.binary, ["serve", "--help"])
         let help = String(decoding: out, as: UTF8.self)

@@ -15,22 +15,23 @@ final class EngineHarness: @unchecked Sendable {
     let broker: LogBroker
     let engine: Engine
 
-    init(maxConcurrent: Int = 4, queueLimit: Int = 100, storePath: String = ":memory:",
+    init(maxConcurrent: Int = 4, tenantMaxConcurrent: Int? = nil, queueLimit: Int = 100, storePath: String = ":memory:",
          unstoredPerWorkload: Int = 4 << 20) throws {
         let store = try SQLiteStore(path: storePath)
         self.store = store
         broker = LogBroker(history: { id, after, limit in try store.lines(id, after: after, limit: limit) })
         let root = NSTemporaryDirectory() + "kiln-engine-test-\(UUID().uuidString.prefix(8))"
         engine = Engine(store: store, broker: broker, backends: [ProcessBackend(workRoot: root)],
-                        config: EngineConfig(maxConcurrent: maxConcurrent, queueLimit: queueLimit, workRoot: root,
+                        config: EngineConfig(maxConcurrent: maxConcurrent, tenantMaxConcurrent: tenantMaxConcurrent,
+                                             queueLimit: queueLimit, workRoot: root,
                                              allowedIsolation: [.process], unstoredPerWorkload: unstoredPerWorkload),
                         logger: Logger(label: "test"))
     }
 
     func request(_ runtime: Runtime, _ code: String, input: String = "null", timeout: Int = 30, mem: Int = 256,
-                 env: [String: String] = [:]) -> SubmitRequest {
+                 env: [String: String] = [:], tenant: String = "default") -> SubmitRequest {
         SubmitRequest(runtime: runtime, code: code, inputJSON: input, isolation: .auto,
-                      resources: Resources(cpus: 1, memMB: mem, timeoutS: timeout), env: env)
+                      resources: Resources(cpus: 1, memMB: mem, timeoutS: timeout), env: env, tenant: tenant)
     }
 
     /// Submits and waits for the terminal record. Blocking on purpose: engine completions run
