@@ -24,6 +24,8 @@ public struct ServerConfig: Sendable {
     public var maxPids: Int
     /// `KILN_MAX_LOG_BYTES`.
     public var maxLogBytes: Int
+    /// `KILN_RETENTION` in seconds; nil keeps every workload.
+    public var retentionS: Int?
     /// `KILN_REQUEST_TIMEOUT_S`: the slow-client deadline (HTTPServer.Options.requestTimeoutSeconds).
     public var requestTimeoutS: Int
     public var corsOrigins: [String]?
@@ -119,10 +121,22 @@ public struct ServerConfig: Sendable {
             maxCPUs: try int("KILN_MAX_CPUS", min: 1, max: 1024),
             maxPids: try int("KILN_MAX_PIDS", min: 8, max: 1 << 22),
             maxLogBytes: try int("KILN_MAX_LOG_BYTES", min: 1024),
+            retentionS: try retention(value("KILN_RETENTION")),
             requestTimeoutS: try int("KILN_REQUEST_TIMEOUT_S", min: 1, max: 3600),
             corsOrigins: cors.isEmpty ? nil : cors, logLevel: level,
             tokensFile: tokensFile.isEmpty ? nil : tokensFile, isolation: isolation,
             tokens: tokens)
+    }
+
+    /// `KILN_RETENTION`: a whole number and a unit (s, m, h, d), up to 100 years; "" is unset.
+    static func retention(_ text: String) throws -> Int? {
+        let raw = text.trimmingCharacters(in: .whitespaces)
+        if raw.isEmpty { return nil }
+        let units: [Character: Int] = ["s": 1, "m": 60, "h": 3600, "d": 86_400]
+        guard let unit = raw.last.flatMap({ units[$0] }), let n = Int(raw.dropLast()), n >= 1, n <= 36_500 * 86_400 / unit else {
+            throw ConfigError(description: "invalid KILN_RETENTION (--retention): \"\(raw)\" is not a whole number with s, m, h or d (30d, 12h, 90m, 45s)")
+        }
+        return n * unit
     }
 
     /// 127.0.0.0/8, ::1 and localhost: addresses no other machine can reach.

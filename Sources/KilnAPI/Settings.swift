@@ -60,6 +60,8 @@ public enum Settings {
                 meaning: "the largest `resources.cpus` a workload may ask for"),
         Setting(name: "KILN_MAX_PIDS", defaultValue: "4096", shownDefault: "4096",
                 meaning: "the largest `resources.pids` a workload may ask for"),
+        Setting(name: "KILN_RETENTION", defaultValue: "", shownDefault: "unset",
+                meaning: "finished workloads older than this (`30d`, `12h`, `90m`, `45s`) are deleted with their logs; unset keeps them"),
         Setting(name: "KILN_MAX_LOG_BYTES", defaultValue: "67108864", shownDefault: "67108864",
                 meaning: "log text one workload may store; past it, a marker line and `log_truncated`"),
         Setting(name: "KILN_HEARTBEAT_S", defaultValue: "15", shownDefault: "15",

@@ -28,6 +28,9 @@ public protocol WorkloadStore: Sendable {
     /// Deletes a finished workload's record and log lines in one transaction; false when
     /// there was no such workload. Refuses (throws) one that is not finished.
     func purge(_ id: String) throws -> Bool
+    /// Retention: deletes up to `limit` workloads that finished before `cutoff` (ms since
+    /// the epoch), with their logs, in short transactions; returns how many.
+    func purgeFinished(before cutoff: Int64, limit: Int, chunk: Int) throws -> Int
 }
 
 extension WorkloadStore {

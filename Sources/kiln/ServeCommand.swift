@@ -23,6 +23,7 @@ struct ServeCommand: ParsableCommand {
     @Option(parsing: .unconditional, help: ArgumentHelp(Settings.named("KILN_MAX_CPUS").help)) var maxCpus: String?
     @Option(parsing: .unconditional, help: ArgumentHelp(Settings.named("KILN_MAX_PIDS").help)) var maxPids: String?
     @Option(parsing: .unconditional, help: ArgumentHelp(Settings.named("KILN_MAX_LOG_BYTES").help)) var maxLogBytes: String?
+    @Option(parsing: .unconditional, help: ArgumentHelp(Settings.named("KILN_RETENTION").help)) var retention: String?
     @Option(parsing: .unconditional, help: ArgumentHelp(Settings.named("KILN_HEARTBEAT_S").help)) var heartbeatS: String?
     @Option(parsing: .unconditional, help: ArgumentHelp(Settings.named("KILN_REQUEST_TIMEOUT_S").help)) var requestTimeoutS: String?
     @Option(parsing: .unconditional, help: ArgumentHelp(Settings.named("KILN_CORS_ORIGINS").help)) var corsOrigins: String?
@@ -40,7 +41,7 @@ struct ServeCommand: ParsableCommand {
             "KILN_MAX_TIMEOUT_S": maxTimeoutS, "KILN_HEARTBEAT_S": heartbeatS,
             "KILN_REQUEST_TIMEOUT_S": requestTimeoutS,
             "KILN_MAX_MEM_MB": maxMemMb, "KILN_MAX_CPUS": maxCpus, "KILN_MAX_PIDS": maxPids,
-            "KILN_MAX_LOG_BYTES": maxLogBytes,
+            "KILN_MAX_LOG_BYTES": maxLogBytes, "KILN_RETENTION": retention,
             "KILN_CORS_ORIGINS": corsOrigins, "KILN_LOG_LEVEL": logLevel,
             "KILN_TOKENS_FILE": tokensFile, "KILN_ISOLATION": isolation,
             "KILN_ALLOW_UNAUTHENTICATED": allowUnauthenticated,

@@ -22,6 +22,7 @@ final class ServerRunner: Sendable {
         var server: HTTPServer?
         var engine: Engine?
         var api: KilnAPI?
+        var retention: RetentionSweeper?
         var workRoot: String?
         var stopping = false
     }
@@ -70,7 +71,9 @@ final class ServerRunner: Sendable {
                                                requestTimeoutSeconds: config.requestTimeoutS),
                                 responder: api)
         try server.start()
-        parts.withLock { $0.server = server; $0.engine = engine; $0.api = api }
+        let retention = config.retentionS.map { RetentionSweeper(store: store, retentionSeconds: $0, logger: logger) }
+        retention?.start()
+        parts.withLock { $0.server = server; $0.engine = engine; $0.api = api; $0.retention = retention }
         let shownHost = config.host.contains(":") ? "[\(config.host)]" : config.host
         // One write, so that whoever sees the listening line sees the notice with it.
         var startLines = "kiln \(ServerRunner.version) listening on http://\(shownHost):\(server.boundPort)\n"
@@ -110,6 +113,7 @@ final class ServerRunner: Sendable {
         guard let taken else { return }
         let (server, engine, api, workRoot) = (taken.server, taken.engine, taken.api, taken.workRoot)
         logger.notice("stopping (\(reason))")
+        taken.retention?.stop()
         api?.beginShutdown()
         engine?.shutdown(timeout: 7)
         // Streams of workloads the engine could not finish in time still get their end.

@@ -33,6 +33,17 @@ import KilnTestSupport
         }
     }
 
+    @Test func retentionIsAWholeNumberWithAUnit() throws {
+        #expect(try ServerConfig.retention("") == nil)
+        #expect(try ServerConfig.retention("30d") == 30 * 86_400)
+        #expect(try ServerConfig.retention("12h") == 12 * 3600)
+        #expect(try ServerConfig.retention(" 90m ") == 5400)
+        #expect(try ServerConfig.retention("45s") == 45)
+        for bad in ["0d", "-1h", "1.5h", "10", "d", "1w", "999999999999d"] {
+            #expect(throws: ConfigError.self, "\(bad)") { _ = try ServerConfig.retention(bad) }
+        }
+    }
+
     @Test func serveHasExactlyTheRegistrysFlags() throws {
         let (_, out, _) = try Curl.exec(KilnServer.binary, ["serve", "--help"])
         let help = String(decoding: out, as: UTF8.self)

@@ -40,6 +40,37 @@ import KilnCore
         return r.id
     }
 
+    /// Retention deletes what finished before the cutoff, with its log, in batches of
+    /// `limit`, and never a pending or running workload or a newer finished one.
+    @Test func purgeFinishedDeletesOnlyWhatFinishedBeforeTheCutoff() throws {
+        let store = try SQLiteStore(path: path())
+        func finished(_ status: WorkloadStatus, at: Int64, lines: Int) throws -> String {
+            let r = record()
+            try store.insert(r)
+            try store.transition(r.id, to: .running)
+            try store.transition(r.id, to: status) { $0.finishedAt = at }
+            try store.appendLines(r.id, (1...lines).map { LogLine(seq: Int64($0), stream: .stdout, ts: 0, line: "l\($0)") })
+            return r.id
+        }
+        let old = try [finished(.completed, at: 1_000, lines: 25), finished(.failed, at: 2_000, lines: 3),
+                       finished(.killed, at: 3_000, lines: 1)]
+        let recent = try finished(.completed, at: 9_000, lines: 2)
+        let running = try make(store, .running)
+        try store.appendLines(running, [LogLine(seq: 1, stream: .stdout, ts: 0, line: "still here")])
+        let pending = try make(store, .pending)
+        // Two per batch, lines in chunks of 10: the first batch takes the two oldest.
+        #expect(try store.purgeFinished(before: 5_000, limit: 2, chunk: 10) == 2)
+        #expect(try store.get(old[0]) == nil && store.get(old[1]) == nil)
+        #expect(try store.lines(old[0], after: 0, limit: 100).isEmpty)
+        #expect(try store.get(old[2]) != nil)
+        #expect(try store.purgeFinished(before: 5_000, limit: 2, chunk: 10) == 1)
+        #expect(try store.purgeFinished(before: 5_000, limit: 2, chunk: 10) == 0)
+        #expect(try store.get(old[2]) == nil)
+        #expect(try store.get(recent)?.status == .completed && store.lines(recent, after: 0, limit: 10).count == 2)
+        #expect(try store.get(running)?.status == .running && store.lines(running, after: 0, limit: 10).count == 1)
+        #expect(try store.get(pending)?.status == .pending)
+    }
+
     @Test func everyTransitionIsAllowedOrRefusedAsTheStateMachineSays() throws {
         let store = try SQLiteStore(path: ":memory:")
         for from in WorkloadStatus.allCases {
