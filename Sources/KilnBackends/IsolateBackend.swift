@@ -105,6 +105,9 @@ final class IsolateHost: Sendable {
         return c
     }
 
+    /// The longest message line read from the host.
+    static let maxMessageBytes = 16 << 20
+
     /// What the server log keeps of a line the host wrote to stderr. The host's own notes
     /// (`kiln-isolate: …`) are its own text; lines it relays from an executor process
     /// (`kiln-isolate[pid]: …`: V8 and Node diagnostics) could quote a workload, whose code
@@ -119,7 +122,10 @@ final class IsolateHost: Sendable {
 
     /// Reads the host's messages until it exits, then fails what was in flight.
     private func readLoop(_ c: ChildProcess, generation gen: Int) {
-        var splitter = LineSplitter(maxLineBytes: Int.max / 2)
+        // The host sends no line over a few MiB (a result's JSON text is cut to 1 Mi
+        // characters, a console call to 1 Mi, each escaped at most sixfold): the bound keeps
+        // a broken host from growing the server without one.
+        var splitter = LineSplitter(maxLineBytes: IsolateHost.maxMessageBytes)
         var stderr = LineSplitter()
         let exit = c.drive(deadline: nil, tickMillis: 1000, graceMillis: 500, onOutput: { stream, bytes in
             if stream == .stdout {
@@ -162,7 +168,9 @@ final class IsolateHost: Sendable {
         case "log":
             run.post(.log(msg["stream"]?.stringValue == "stderr" ? .stderr : .stdout, msg["line"]?.stringValue ?? ""))
         case "result":
-            run.post(.finished(ExecutionResult(exitCode: 0, output: msg["output"] ?? .null)))
+            var result = ExecutionResult(exitCode: 0, output: msg["output"] ?? .null)
+            if msg["truncated"] == .bool(true) { result.outputTruncated = true }
+            run.post(.finished(result))
         default:
             let reason = msg["reason"]?.stringValue ?? "exception"
             let error = msg["error"]?.stringValue ?? "the workload failed"
@@ -200,7 +208,8 @@ final class IsolateHost: Sendable {
             case .finished(var result)?:
                 if result.timedOut { result.error = "timed out after \(spec.resources.timeoutS) s" }
                 if let output = result.output {
-                    let text = output.text
+                    // Cut by the host: already the start of the JSON text, as a string.
+                    let text = result.outputTruncated ? (output.stringValue ?? output.text) : output.text
                     if text.utf8.count > OutputCapture.limit {
                         result.output = .string(String(decoding: Array(text.utf8.prefix(OutputCapture.limit)), as: UTF8.self))
                         result.outputTruncated = true

@@ -243,6 +243,14 @@ struct IsolateBackendTests {
         #expect(r["status"] == .string("completed"))
         #expect(r["output_truncated"] == .bool(true))
         #expect((r["output"]?.stringValue?.utf8.count ?? 0) == 1 << 20)
+        // The start of the output's JSON text.
+        #expect(r["output"]?.stringValue?.hasPrefix("\"xxxx") == true)
+        // 50 MB: the host sends only its start, so the server never reads it whole.
+        let huge = try run(s, "export default () => ({ big: 'y'.repeat(50 * 1000 * 1000) })")
+        #expect(huge["status"] == .string("completed"), "\(huge.text.prefix(300))")
+        #expect(huge["output_truncated"] == .bool(true))
+        #expect(huge["output"]?.stringValue?.hasPrefix("{\"big\":\"yyyy") == true)
+        #expect((huge["output"]?.stringValue?.utf8.count ?? 0) == 1 << 20)
     }
 
     @Test func killMakesItKilled() throws {

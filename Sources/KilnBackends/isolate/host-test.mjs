@@ -143,6 +143,17 @@ test('sync default export receives the input', async () => {
   assert.deepEqual(result(r), { doubled: 42, keys: ['n', 's'] });
 });
 
+test('a result over 1 Mi characters comes as the start of its JSON text, flagged', async () => {
+  const r = await host.run(id('big'), "export default () => ({ s: 'x'.repeat(3 * 1024 * 1024) })");
+  assert.equal(r.final.type, 'result');
+  assert.equal(r.final.truncated, true);
+  assert.equal(r.final.output.length, 1 << 20);
+  assert.ok(r.final.output.startsWith('{"s":"xxx'));
+  const small = await host.run(id('small'), "export default () => 'x'.repeat(1000)");
+  assert.equal(small.final.truncated, undefined);
+  assert.equal(result(small).length, 1000);
+});
+
 test('async default export is awaited (timers work inside)', async () => {
   const r = await host.run(id('async'), `
     export default async (input) => {

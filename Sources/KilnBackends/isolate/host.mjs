@@ -5,6 +5,8 @@
 //   out: {"type":"ready"}                                   once, when runs can execute
 //        {"type":"log","id":s,"stream":"stdout"|"stderr","line":s}   as it happens; may hold \n
 //        {"type":"result","id":s,"output":any}               exactly one result or error per run
+//        {"type":"result","id":s,"output":s,"truncated":true} a result whose JSON text is over
+//                                                             1 Mi characters: its start, as a string
 //        {"type":"error","id":s,"reason":r,"error":s}        r: exception|timeout|memory|killed|crash
 //        {"type":"error","id":null,"reason":"protocol","error":s}    unusable input line
 // The host exits when stdin closes. Requires Node 20 (uses Node internals; see workloadMain).
@@ -668,6 +670,7 @@ function supervisorMain() {
   let watchdog = null;
 
   const write = (line) => process.stdout.write(line + '\n');
+  const MAX_RESULT = 1 << 20; // characters of a result's JSON text sent whole
   const out = (obj) => write(JSON.stringify(obj));
   const note = (msg) => process.stderr.write(`kiln-isolate: ${msg}\n`);
   const protocolError = (error) => { note(error); out({ type: 'error', id: null, reason: 'protocol', error }); };
@@ -687,6 +690,13 @@ function supervisorMain() {
     run.done = true;
     clearTimeout(run.backstop);
     runs.delete(run.id);
+    // The server keeps at most 1 MiB of output: a larger result goes as the start of its
+    // JSON text, flagged, so that no line the server must read whole is larger than a few MiB
+    // (a 400 MB string returned whole had pushed the server to 2 GB).
+    if (json.length > MAX_RESULT) {
+      write(`{"type":"result","id":${JSON.stringify(run.id)},"output":${JSON.stringify(json.slice(0, MAX_RESULT))},"truncated":true}`);
+      return;
+    }
     write(`{"type":"result","id":${JSON.stringify(run.id)},"output":${json}}`);
   }
 
