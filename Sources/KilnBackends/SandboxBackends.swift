@@ -220,6 +220,7 @@ public struct GVisorBackend: Backend {
             limits: [
                 ("timeout", .bool(true)),
                 ("memory", .string("RLIMIT_AS inside gVisor (python, shell), V8 heap limit (node), memory cgroup of mem_mb + 64 MB")),
+                ("pids", .string("pids as RLIMIT_NPROC inside gVisor (its processes are not host processes)")),
                 ("cpu", .string("timeout only")),
             ],
             network: "none (--network=none)",
@@ -230,6 +231,9 @@ public struct GVisorBackend: Backend {
         var rlimits: [JSON] = [
             .object([("type", .string("RLIMIT_NOFILE")), ("soft", .int(1024)), ("hard", .int(1024))]),
             .object([("type", .string("RLIMIT_CORE")), ("soft", .int(0)), ("hard", .int(0))]),
+            // `pids`, enforced by the sandbox's kernel on its processes: its tasks are not
+            // host processes, so the host's pids cgroup would count only gVisor's own threads.
+            .object([("type", .string("RLIMIT_NPROC")), ("soft", .int(Int64(spec.resources.pids))), ("hard", .int(Int64(spec.resources.pids)))]),
         ]
         if rlimitMemory {
             let bytes = Int64(spec.resources.memMB) << 20

@@ -124,6 +124,12 @@ struct SandboxLimitsTests {
 }
 
 /// The per-workload log limit and bytes that C strings would cut.
+@Suite(.enabled(if: Backends.runnable("gvisor"), "needs the gvisor backend (runsc)"), .timeLimit(.minutes(5)), .ownThread)
+struct GVisorLimitsTests {
+    let checks = CgroupChecks(backend: "gvisor")
+    @Test func aForkLoopStopsAtPids() throws { try checks.aForkLoopStopsAtPids() }
+}
+
 @Suite(.timeLimit(.minutes(5)), .ownThread)
 struct LogLimitTests {
     @Test func pastTheLogLimitOneMarkerIsKeptTheRestDiscardedAndTheWorkloadRunsOn() throws {
