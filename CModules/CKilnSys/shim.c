@@ -47,11 +47,9 @@ static void kiln_close_from(int lowfd) {
     for (long fd = lowfd; fd < max; fd++) close((int)fd);
 }
 
-/// In the child: wire the fds, apply limits, exec. Only async-signal-safe calls.
+/// In the child: the work folder and the per-process limits. Only plain system calls.
 __attribute__((no_sanitize("thread")))
-static void kiln_exec_workload(const struct kiln_spawn_opts *o) {
-    if (dup2(o->stdin_fd, 0) < 0 || dup2(o->stdout_fd, 1) < 0 || dup2(o->stderr_fd, 2) < 0) kiln_child_exit(126);
-    kiln_close_from(3);
+static void kiln_enter_work_folder_with_limits(const struct kiln_spawn_opts *o) {
     if (chdir(o->cwd) != 0) kiln_child_exit(126);
     if (o->mem_bytes > 0) {
         struct rlimit rl = {(rlim_t)o->mem_bytes, (rlim_t)o->mem_bytes};
@@ -63,6 +61,14 @@ static void kiln_exec_workload(const struct kiln_spawn_opts *o) {
     }
     struct rlimit core = {0, 0};
     setrlimit(RLIMIT_CORE, &core);
+}
+
+/// In the child: wire the fds, apply limits, exec. Only async-signal-safe calls.
+__attribute__((no_sanitize("thread")))
+static void kiln_exec_workload(const struct kiln_spawn_opts *o) {
+    if (dup2(o->stdin_fd, 0) < 0 || dup2(o->stdout_fd, 1) < 0 || dup2(o->stderr_fd, 2) < 0) kiln_child_exit(126);
+    kiln_close_from(3);
+    kiln_enter_work_folder_with_limits(o);
     execve(o->path, o->argv, o->envp);
     kiln_child_exit(127);
 }
@@ -108,17 +114,7 @@ static int kiln_init_child_main(void *arg) {
         if (dup2(sources[i], i) < 0) kiln_child_exit(126);
     }
     kiln_close_from(3 + count);
-    if (chdir(o->cwd) != 0) kiln_child_exit(126);
-    if (o->mem_bytes > 0) {
-        struct rlimit rl = {(rlim_t)o->mem_bytes, (rlim_t)o->mem_bytes};
-        setrlimit(RLIMIT_AS, &rl);
-    }
-    if (o->cpu_seconds > 0) {
-        struct rlimit rl = {(rlim_t)o->cpu_seconds, (rlim_t)o->cpu_seconds + 1};
-        setrlimit(RLIMIT_CPU, &rl);
-    }
-    struct rlimit core = {0, 0};
-    setrlimit(RLIMIT_CORE, &core);
+    kiln_enter_work_folder_with_limits(o);
     // Dispositions only: this child has its own copy of the handler table (no CLONE_SIGHAND).
     for (int s = 1; s < 32; s++) {
         if (s == SIGKILL || s == SIGSTOP) continue;

@@ -72,36 +72,38 @@ struct CgroupJoinTests {
         return folder
     }
 
-    @Test(.enabled(if: canUseV2, "needs root and a cgroup v2 mount"), arguments: [false, true])
-    func onV2TheWorkloadIsClonedIntoItsCgroup(pidNamespace: Bool) throws {
-        try #require(KilnInit.path != nil)
-        let (mount, own) = Self.v2!
-        let folder = try makeFolder(mount + own)
-        let cgroup = WorkloadCgroup(folders: [folder], version: 2, limits: CgroupLimits(memoryBytes: 0, pids: 0, cpus: 0))
+    /// A cgroup over a fresh folder under `parent`, for `body`; emptied and removed after.
+    func withCgroup(under parent: String, version: Int, _ body: (WorkloadCgroup, String) throws -> Void) throws {
+        let folder = try makeFolder(parent)
+        let cgroup = WorkloadCgroup(folders: [folder], version: version, limits: CgroupLimits(memoryBytes: 0, pids: 0, cpus: 0))
         defer {
             cgroup.killAll()
             cgroup.remove()
             #expect(access(folder, F_OK) != 0, "\(folder) is left")
         }
-        let (procs, own2) = try lookFromInside(cgroup, pidNamespace: pidNamespace)
-        #expect(own2.contains("0::\(folder.dropFirst(mount.count))"), "\(own2)")
-        // Only the workload: kiln-init never wrote itself into cgroup.procs.
-        #expect(procs.count == 1, "in the cgroup: \(procs)")
+        try body(cgroup, folder)
+    }
+
+    @Test(.enabled(if: canUseV2, "needs root and a cgroup v2 mount"), arguments: [false, true])
+    func onV2TheWorkloadIsClonedIntoItsCgroup(pidNamespace: Bool) throws {
+        try #require(KilnInit.path != nil)
+        let (mount, own) = Self.v2!
+        try withCgroup(under: mount + own, version: 2) { cgroup, folder in
+            let (procs, own2) = try lookFromInside(cgroup, pidNamespace: pidNamespace)
+            #expect(own2.contains("0::\(folder.dropFirst(mount.count))"), "\(own2)")
+            // Only the workload: kiln-init never wrote itself into cgroup.procs.
+            #expect(procs.count == 1, "in the cgroup: \(procs)")
+        }
     }
 
     @Test(.enabled(if: canUseV1, "needs root and a writable cgroup v1 pids hierarchy"), arguments: [false, true])
     func onV1KilnInitJoinsAndTheWorkloadInherits(pidNamespace: Bool) throws {
         try #require(KilnInit.path != nil)
-        let folder = try makeFolder(Self.v1Pids!)
-        let cgroup = WorkloadCgroup(folders: [folder], version: 1, limits: CgroupLimits(memoryBytes: 0, pids: 0, cpus: 0))
-        defer {
-            cgroup.killAll()
-            cgroup.remove()
-            #expect(access(folder, F_OK) != 0, "\(folder) is left")
+        try withCgroup(under: Self.v1Pids!, version: 1) { cgroup, folder in
+            let (procs, own) = try lookFromInside(cgroup, pidNamespace: pidNamespace)
+            #expect(own.contains { $0.hasSuffix(":pids:\(folder.dropFirst("/sys/fs/cgroup/pids".count))") }, "\(own)")
+            // kiln-init and the workload.
+            #expect(procs.count == 2, "in the cgroup: \(procs)")
         }
-        let (procs, own) = try lookFromInside(cgroup, pidNamespace: pidNamespace)
-        #expect(own.contains { $0.hasSuffix(":pids:\(folder.dropFirst("/sys/fs/cgroup/pids".count))") }, "\(own)")
-        // kiln-init and the workload.
-        #expect(procs.count == 2, "in the cgroup: \(procs)")
     }
 }
