@@ -27,15 +27,29 @@ static void kiln_child_exit(int code) {
     __builtin_unreachable();
 }
 
+// What a child does between clone and exec is made of raw system calls, never libc's
+// wrappers: under ThreadSanitizer, signal, sigprocmask, dup2, close and others are
+// intercepted, and an interceptor in a forked child can wait forever for a lock of the
+// sanitizer's that another thread of the server held at the clone (seen: an engine test's
+// `printf` workload hung until its 30 s timeout under make test-tsan).
+
+/// Every handler back to SIG_DFL. The kernel's sigaction for SIG_DFL is all zeros,
+/// whatever the architecture's layout.
 __attribute__((no_sanitize("thread")))
-static void kiln_child_reset_signals(void) {
-    sigset_t none;
-    sigemptyset(&none);
-    sigprocmask(SIG_SETMASK, &none, NULL);
+static void kiln_child_default_handlers(void) {
+    unsigned long none[4] = {0, 0, 0, 0};
     for (int s = 1; s < 32; s++) {
         if (s == SIGKILL || s == SIGSTOP) continue;
-        signal(s, SIG_DFL);
+        syscall(SYS_rt_sigaction, s, none, NULL, 8);
     }
+}
+
+/// Default handlers, and no signal blocked.
+__attribute__((no_sanitize("thread")))
+static void kiln_child_reset_signals(void) {
+    kiln_child_default_handlers();
+    unsigned long none = 0;
+    syscall(SYS_rt_sigprocmask, SIG_SETMASK, &none, NULL, 8);
 }
 
 __attribute__((no_sanitize("thread")))
@@ -43,33 +57,39 @@ static void kiln_close_from(int lowfd) {
     if (syscall(SYS_close_range, (unsigned int)lowfd, ~0U, 0) == 0) return;
     struct rlimit rl;
     long max = 65536;
-    if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur != RLIM_INFINITY) max = (long)rl.rlim_cur;
-    for (long fd = lowfd; fd < max; fd++) close((int)fd);
+    if (syscall(SYS_prlimit64, 0, RLIMIT_NOFILE, NULL, &rl) == 0 && rl.rlim_cur != RLIM_INFINITY) max = (long)rl.rlim_cur;
+    for (long fd = lowfd; fd < max; fd++) syscall(SYS_close, (int)fd);
 }
 
-/// In the child: the work folder and the per-process limits. Only plain system calls.
+__attribute__((no_sanitize("thread")))
+static void kiln_set_limit(int resource, rlim_t soft, rlim_t hard) {
+    struct rlimit rl = {soft, hard};
+    syscall(SYS_prlimit64, 0, resource, &rl, NULL);
+}
+
+/// In the child: the work folder and the per-process limits.
 __attribute__((no_sanitize("thread")))
 static void kiln_enter_work_folder_with_limits(const struct kiln_spawn_opts *o) {
-    if (chdir(o->cwd) != 0) kiln_child_exit(126);
-    if (o->mem_bytes > 0) {
-        struct rlimit rl = {(rlim_t)o->mem_bytes, (rlim_t)o->mem_bytes};
-        setrlimit(RLIMIT_AS, &rl);
-    }
-    if (o->cpu_seconds > 0) {
-        struct rlimit rl = {(rlim_t)o->cpu_seconds, (rlim_t)o->cpu_seconds + 1};
-        setrlimit(RLIMIT_CPU, &rl);
-    }
-    struct rlimit core = {0, 0};
-    setrlimit(RLIMIT_CORE, &core);
+    if (syscall(SYS_chdir, o->cwd) != 0) kiln_child_exit(126);
+    if (o->mem_bytes > 0) kiln_set_limit(RLIMIT_AS, (rlim_t)o->mem_bytes, (rlim_t)o->mem_bytes);
+    if (o->cpu_seconds > 0) kiln_set_limit(RLIMIT_CPU, (rlim_t)o->cpu_seconds, (rlim_t)o->cpu_seconds + 1);
+    kiln_set_limit(RLIMIT_CORE, 0, 0);
+}
+
+/// dup2 as a system call (aarch64 has only dup3, which refuses equal fds: ours never are).
+__attribute__((no_sanitize("thread")))
+static int kiln_move_fd(int from, int to) {
+    if (from == to) return 0;
+    return (int)syscall(SYS_dup3, from, to, 0);
 }
 
 /// In the child: wire the fds, apply limits, exec. Only async-signal-safe calls.
 __attribute__((no_sanitize("thread")))
 static void kiln_exec_workload(const struct kiln_spawn_opts *o) {
-    if (dup2(o->stdin_fd, 0) < 0 || dup2(o->stdout_fd, 1) < 0 || dup2(o->stderr_fd, 2) < 0) kiln_child_exit(126);
+    if (kiln_move_fd(o->stdin_fd, 0) < 0 || kiln_move_fd(o->stdout_fd, 1) < 0 || kiln_move_fd(o->stderr_fd, 2) < 0) kiln_child_exit(126);
     kiln_close_from(3);
     kiln_enter_work_folder_with_limits(o);
-    execve(o->path, o->argv, o->envp);
+    syscall(SYS_execve, o->path, o->argv, o->envp);
     kiln_child_exit(127);
 }
 
@@ -94,9 +114,9 @@ __attribute__((no_sanitize("thread")))
 static int kiln_init_child_main(void *arg) {
     const struct kiln_init_child *c = arg;
     const struct kiln_spawn_opts *o = c->o;
-    setpgid(0, 0);
-    prctl(PR_SET_PDEATHSIG, SIGKILL);
-    if (!c->in_pid_namespace && getppid() != c->parent) kiln_child_exit(125);
+    syscall(SYS_setpgid, 0, 0);
+    syscall(SYS_prctl, PR_SET_PDEATHSIG, SIGKILL, 0, 0, 0);
+    if (!c->in_pid_namespace && syscall(SYS_getppid) != c->parent) kiln_child_exit(125);
     // stdin, stdout, stderr to 0-2 and the cgroup fds to 3.., through copies above
     // them all, so that no source is overwritten before it is moved.
     int count = o->cgroup_fd_count;
@@ -107,20 +127,19 @@ static int kiln_init_child_main(void *arg) {
     sources[2] = o->stderr_fd;
     for (int i = 0; i < count; i++) sources[3 + i] = o->cgroup_fds[i];
     for (int i = 0; i < 3 + count; i++) {
-        sources[i] = fcntl(sources[i], F_DUPFD, 64);
+        sources[i] = (int)syscall(SYS_fcntl, sources[i], F_DUPFD, 64);
         if (sources[i] < 0) kiln_child_exit(126);
     }
     for (int i = 0; i < 3 + count; i++) {
-        if (dup2(sources[i], i) < 0) kiln_child_exit(126);
+        if (kiln_move_fd(sources[i], i) < 0) kiln_child_exit(126);
     }
     kiln_close_from(3 + count);
     kiln_enter_work_folder_with_limits(o);
-    // Dispositions only: this child has its own copy of the handler table (no CLONE_SIGHAND).
-    for (int s = 1; s < 32; s++) {
-        if (s == SIGKILL || s == SIGSTOP) continue;
-        signal(s, SIG_DFL);
-    }
-    execve(o->path, o->argv, o->envp);
+    // Dispositions only (the signals stay blocked until kiln-init has its own handlers):
+    // this child has its own copy of the handler table (no CLONE_SIGHAND), and SIG_IGN
+    // (the server ignores SIGPIPE) would survive the exec.
+    kiln_child_default_handlers();
+    syscall(SYS_execve, o->path, o->argv, o->envp);
     kiln_child_exit(127);
     return 127;
 }
@@ -175,8 +194,8 @@ int kiln_spawn(const struct kiln_spawn_opts *o, int *in_pid_namespace) {
         return pid;
     }
     // Child.
-    setpgid(0, 0);
-    prctl(PR_SET_PDEATHSIG, SIGKILL);
+    syscall(SYS_setpgid, 0, 0);
+    syscall(SYS_prctl, PR_SET_PDEATHSIG, SIGKILL, 0, 0, 0);
     // Into the workload's cgroup before anything runs, so that every process it ever
     // starts is inside. A child that cannot join never runs unlimited.
     for (int i = 0; i < o->cgroup_fd_count; i++) {
@@ -186,7 +205,7 @@ int kiln_spawn(const struct kiln_spawn_opts *o, int *in_pid_namespace) {
             kiln_child_exit(126);
         }
     }
-    if (getppid() != parent && !*in_pid_namespace) kiln_child_exit(125);
+    if (syscall(SYS_getppid) != parent && !*in_pid_namespace) kiln_child_exit(125);
     if (!*in_pid_namespace) {
         kiln_child_reset_signals();
         kiln_exec_workload(o);
@@ -201,13 +220,13 @@ int kiln_spawn(const struct kiln_spawn_opts *o, int *in_pid_namespace) {
     pid_t worker = &__tsan_init != 0 ? (pid_t)syscall(SYS_clone, SIGCHLD, 0, 0, 0, 0) : vfork();
     if (worker < 0) kiln_child_exit(126);
     if (worker == 0) {
-        prctl(PR_SET_PDEATHSIG, SIGKILL);
+        syscall(SYS_prctl, PR_SET_PDEATHSIG, SIGKILL, 0, 0, 0);
         kiln_exec_workload(o);
     }
     kiln_close_from(0);
     for (;;) {
         int status = 0;
-        pid_t done = waitpid(-1, &status, 0);
+        pid_t done = (pid_t)syscall(SYS_wait4, -1, &status, 0, NULL);
         if (done < 0 && errno != EINTR) kiln_child_exit(126);
         if (done == worker) {
             if (WIFEXITED(status)) kiln_child_exit(WEXITSTATUS(status));

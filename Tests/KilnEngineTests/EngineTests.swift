@@ -73,7 +73,8 @@ final class Box<T: Sendable>: @unchecked Sendable {
                                   unstoredPerWorkload: bound)
         let done = Box<WorkloadRecord>()
         let n = 300_000
-        _ = try h.engine.submit(h.request(.python, "import sys\nfor i in range(\(n)): sys.stdout.write(f'line {i}\\n')")) { done.set($0) }
+        // A long timeout: under ThreadSanitizer on two busy cores the flood takes about 30 s.
+        _ = try h.engine.submit(h.request(.python, "import sys\nfor i in range(\(n)): sys.stdout.write(f'line {i}\\n')", timeout: 300)) { done.set($0) }
         // The largest batch: 2048 lines, plus the lines of the 64 KiB pipe read that
         // crossed 2048 (at least 7 bytes each with their newline, up to 11 of text).
         let oneBatch = (EngineLogWriter.batchLines + (64 << 10) / 7) * (11 + StoreBacklog.lineOverhead)
