@@ -15,7 +15,7 @@ import KilnTestSupport
     func runCorpus(_ s: KilnServer, _ options: [String]) throws -> Int {
         let (status, out, err) = try Curl.exec("/usr/bin/env", ["python3", Self.script, "127.0.0.1:\(s.port)",
                                                                    // Liveness, not speed: a busy CI machine may be slow.
-                                                                   "--liveness-timeout", "15"] + options)
+                                                                   "--liveness-timeout", "15", "--answer-timeout", "30"] + options)
         let text = String(decoding: out, as: UTF8.self)
         let lines = text.split(separator: "\n")
         let failures = lines.filter { $0.hasPrefix("FAIL") }

@@ -64,7 +64,8 @@ class Reply:
         self.seconds = 0.0
 
 
-def read_reply(sock, head_request=False, timeout=5.0, want_close=False, close_wait=2.0):
+def read_reply(sock, head_request=False, timeout=None, want_close=False, close_wait=2.0):
+    timeout = ANSWER_TIMEOUT if timeout is None else timeout
     """Reads one HTTP response from sock; with want_close, also waits for EOF."""
     r = Reply()
     t0 = time.monotonic()
@@ -152,7 +153,8 @@ def read_reply(sock, head_request=False, timeout=5.0, want_close=False, close_wa
     return r
 
 
-def exchange(host, port, data, head_request=False, timeout=5.0, want_close=False):
+def exchange(host, port, data, head_request=False, timeout=None, want_close=False):
+    timeout = ANSWER_TIMEOUT if timeout is None else timeout
     sock = socket.create_connection((host, port), timeout=timeout)
     try:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -856,6 +858,8 @@ def check(case, reply):
 # Seconds /healthz may take, after any case, before the server counts as stuck
 # (--liveness-timeout; the test suite gives a busy CI machine more).
 LIVENESS = 1.0
+# Seconds a case's complete answer may take (--answer-timeout).
+ANSWER_TIMEOUT = 5.0
 
 
 def healthz(host, port, timeout=None):
@@ -1009,10 +1013,13 @@ def main():
     p.add_argument("--liveness-timeout", type=float, default=1.0,
                    help="seconds /healthz may take after a case, and slow clients may outlive their "
                         "deadline beyond 5 s, before it is a failure (default 1)")
+    p.add_argument("--answer-timeout", type=float, default=5.0,
+                   help="seconds a case's complete answer may take (default 5)")
     p.add_argument("-v", "--verbose", action="store_true")
     a = p.parse_args()
-    global LIVENESS
+    global LIVENESS, ANSWER_TIMEOUT
     LIVENESS = a.liveness_timeout
+    ANSWER_TIMEOUT = a.answer_timeout
     host, _, port = a.address.rpartition(":")
     ctx = Ctx(host or "127.0.0.1", int(port), a.token)
     cases = CASES + (AUTH_CASES if a.token else [])
