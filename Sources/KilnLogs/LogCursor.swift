@@ -50,18 +50,24 @@ public final class LogCursor: @unchecked Sendable {
         let broker = self.broker, id = self.id, after = cursor, limit = Swift.min(max, 256)
         let wake: @Sendable () -> Void = { [weak self] in self?.currentWaker?() }
         let outcome = storeRead.ask(.lines(after: after), wake: wake) {
-            if let lines = try broker.storedLines(id, after: after, limit: limit), !lines.isEmpty { return .lines(lines) }
+            let lines: [LogLine]?
+            do {
+                lines = try broker.storedLines(id, after: after, limit: limit)
+            } catch {
+                throw StoreReadFailure(text: "cannot read stored lines of \(id): \(error)")
+            }
+            if let lines, !lines.isEmpty { return .lines(lines) }
             do {
                 return .end(try broker.storedEnd(id))
             } catch {
-                throw StoredEndError(text: "cannot read workload \(id): \(error)")
+                throw StoreReadFailure(text: "cannot read workload \(id): \(error)")
             }
         }
         switch outcome {
         case .pending:
             return .wait
         case .failed(let why):
-            return .failed(why.hasPrefix("cannot read workload") ? why : "cannot read stored lines of \(id): \(why)")
+            return .failed(why)
         case .answered(.lines(let stored?)) where !stored.isEmpty:
             let lines = LogBudget.trim(stored, to: maxBytes)
             cursor = lines.last!.seq
@@ -83,7 +89,8 @@ public final class LogCursor: @unchecked Sendable {
         return .wait
     }
 
-    private struct StoredEndError: Error, CustomStringConvertible {
+    /// A store error, already worded for the stream's `error` event.
+    private struct StoreReadFailure: Error, CustomStringConvertible {
         let text: String
         var description: String { text }
     }

@@ -214,10 +214,8 @@ public final class SQLiteStore: WorkloadStore {
                     try db.execute(sql: "DELETE FROM log_lines WHERE workload_id = ? AND seq <= ?", arguments: [id, upTo])
                 }
             }
-            try db.write { db in
-                try db.execute(sql: "DELETE FROM log_lines WHERE workload_id = ?", arguments: [id])
-                try db.execute(sql: "DELETE FROM workloads WHERE id = ? AND status IN (\(terminal))", arguments: [id])
-            }
+            // The record, and any line left, in one transaction (a finished record stays finished).
+            _ = try purge(id)
         }
         return ids.count
     }
