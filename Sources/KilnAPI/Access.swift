@@ -20,7 +20,7 @@ public enum Permission: String, Sendable {
     case read, submit, kill, admin
 }
 
-/// Who may call a route. `open` routes (`/healthz`, `/metrics`) need no token; every other
+/// Who may call a route. `open` routes (`/healthz`, `/readyz`, `/metrics`) need no token; every other
 /// route needs a valid token whose role allows `permission`.
 public struct RouteAccess: Sendable, Equatable {
     /// nil: no token needed.
@@ -56,7 +56,7 @@ public struct Caller: Sendable, Equatable {
     /// then listens on loopback only, unless told otherwise (`KILN_ALLOW_UNAUTHENTICATED`).
     public static let unauthenticated = Caller(name: "anonymous", tenant: Tenant.default, role: .admin)
 
-    /// What an open route (`/healthz`, `/metrics`) runs as: it may see no tenant's workloads.
+    /// What an open route (`/healthz`, `/readyz`, `/metrics`) runs as: it may see no tenant's workloads.
     public static let `public` = Caller(name: "public", tenant: "", role: .read)
 
     /// Whether this caller may see a workload of `tenant` (others get 404, as if it did not exist).

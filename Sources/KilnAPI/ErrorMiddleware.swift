@@ -67,6 +67,9 @@ extension APIError {
             self.init(409, "conflict", "workload \(r.id) is already \(r.status.rawValue)")
         case .storage(let why):
             self.init(500, "storage", why)
+        case .storageUnavailable(let why):
+            self.init(507, "insufficient_storage", "the server cannot store new workloads now: \(why)",
+                      headers: [("Retry-After", "5")])
         }
     }
 }

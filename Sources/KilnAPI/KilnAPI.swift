@@ -74,6 +74,7 @@ public final class KilnAPI: HTTPResponder, @unchecked Sendable {
     private func makeRouter() -> Router {
         var r = Router()
         r.add("GET", "/healthz", .open) { [unowned self] req, _ in .now(healthz(req)) }
+        r.add("GET", "/readyz", .open) { [unowned self] _, _ in .now(readyz()) }
         r.add("GET", "/metrics", .open) { [unowned self] _, _ in
             .now(HTTPResponse(status: 200, headers: [("Content-Type", "text/plain; version=0.0.4; charset=utf-8")], body: .bytes(metricsText())))
         }
@@ -196,6 +197,18 @@ public final class KilnAPI: HTTPResponder, @unchecked Sendable {
                             ("uptime_s", .int(Int64(Date().timeIntervalSince(startedAt))))]))
     }
 
+    /// 200 while submissions are accepted; 503 while stopping or while the store refuses writes.
+    private func readyz() -> HTTPResponse {
+        var reason: String? = nil
+        if isShuttingDown {
+            reason = "the server is shutting down"
+        } else if let failure = engine.health.failure {
+            reason = "the store refuses writes: \(failure)"
+        }
+        guard let reason else { return .json(200, .object([("status", .string("ready"))])) }
+        return .json(503, .object([("status", .string("not_ready")), ("reason", .string(reason))]))
+    }
+
     private func submit(_ req: HTTPRequest, _ caller: Caller, sync: Bool) throws -> HTTPResult {
         if isShuttingDown { throw APIError(503, "shutting_down", "the server is shutting down") }
         var submission = try SubmissionParser(config).parse(req.body)
@@ -223,6 +236,8 @@ public final class KilnAPI: HTTPResponder, @unchecked Sendable {
 
     private func get(_ id: String, _ caller: Caller) throws -> HTTPResponse {
         var r = try visibleRecord(id, caller)
+        // Its end is waiting for the store to accept writes: answer the end, as its waiters got.
+        if !r.status.isTerminal, let end = engine.heldEnd(id) { return .json(200, end.json) }
         // While it runs, the line count is the live log's.
         if !r.status.isTerminal, let live = engine.broker.log(id) { r.logLines = live.lastSeq }
         return .json(200, r.json)

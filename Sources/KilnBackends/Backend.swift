@@ -86,6 +86,8 @@ public struct BackendCapabilities: Sendable {
 public enum CancelReason: Sendable {
     case killed
     case shutdown
+    /// Its log lines could not be stored (disk full, read-only or failing database).
+    case storage
 }
 
 /// A cancellation a backend honours: it registers what stops its run.

@@ -12,6 +12,7 @@ extension Engine {
     public func submit(_ request: SubmitRequest, onFinish: Completion? = nil) throws(EngineError) -> WorkloadRecord {
         let backend = try chooseBackend(runtime: request.runtime, isolation: request.isolation, code: request.code,
                                         limit: request.isolationLimit)
+        if let failure = health.failure { throw .storageUnavailable(failure) }
         lock.lock()
         if shuttingDown { lock.unlock(); throw .shuttingDown }
         let waiting = queue.count + reserved
@@ -31,7 +32,9 @@ extension Engine {
             lock.lock()
             reserved -= 1
             lock.unlock()
-            throw .storage("\(error)")
+            guard StorageHealth.isStorageFailure(error) else { throw .storage("\(error)") }
+            storageFailed("\(error)")
+            throw .storageUnavailable("\(error)")
         }
         broker.open(record.id)
         Metrics.Counter(label: "kiln_workloads_submitted_total", dimensions: [("backend", backend.name.rawValue)]).increment()

@@ -53,10 +53,11 @@ extension Engine {
             }
         } catch {
             logger.error("cannot start workload \(id): \(error)")
+            if StorageHealth.isStorageFailure(error) { storageFailed("\(error)") }
             finishUnstarted(job, status: .failed, error: "cannot start: \(error)")
             return
         }
-        let writer = EngineLogWriter(id: id, engine: self)
+        let writer = EngineLogWriter(id: id, engine: self, cancellation: job.cancellation)
         let result = job.backend.execute(job.spec, writer: writer, cancellation: job.cancellation)
         writer.finish()
         let finished = Millis.now()
@@ -64,33 +65,17 @@ extension Engine {
         let output = result.output.map { ($0.text, result.outputTruncated) } ?? OutputCapture.value(of: writer.stdout, truncated: writer.stdoutTruncated)
         let lines = writer.lastSeq
         let logTruncated = writer.logTruncated
-        let backendName = job.backend.name.rawValue
+        let exitCode = result.exitCode
         writerQueue.async { [self] in
-            let record: WorkloadRecord
-            do {
-                record = try store.transition(id, to: status) { r in
-                    r.exitCode = result.exitCode
-                    r.error = error
-                    r.outputJSON = output.0
-                    r.outputTruncated = output.1
-                    r.logLines = lines
-                    r.logTruncated = logTruncated
-                    r.finishedAt = finished
-                    r.durationMs = finished - started
-                }
-            } catch let storeError {
-                // Still release the job, its live log and whoever waits for it.
-                logger.error("cannot store the end of workload \(id): \(storeError)")
-                complete(job, (try? store.get(id)) ?? WorkloadRecord(
-                    id: id, status: status, runtime: job.spec.runtime, isolation: .auto, isolationUsed: job.backend.name,
-                    exitCode: result.exitCode, error: error, resources: job.spec.resources, logLines: lines, logTruncated: logTruncated, createdAt: started,
-                    tenant: job.tenant))
-                return
-            }
-            Metrics.Counter(label: "kiln_workloads_total", dimensions: [("status", status.rawValue), ("backend", backendName)]).increment()
-            Metrics.Timer(label: "kiln_workload_duration_seconds", dimensions: [("backend", backendName)])
-                .recordMilliseconds(finished - started)
-            complete(job, record)
+            storeEnd(job, PendingEnd(status: status, error: error) { r in
+                r.exitCode = exitCode
+                r.outputJSON = output.0
+                r.outputTruncated = output.1
+                r.logLines = lines
+                r.logTruncated = logTruncated
+                r.finishedAt = finished
+                r.durationMs = finished - started
+            })
         }
     }
 
@@ -98,6 +83,8 @@ extension Engine {
         switch cancel {
         case .killed: return (.killed, "killed by request")
         case .shutdown: return (.failed, "server shutdown")
+        // The writer queue words it with the store's own error (`storeEnd`).
+        case .storage: return (.failed, "cannot store the log")
         case nil: break
         }
         if r.timedOut { return (.failed, r.error ?? "timed out") }
@@ -110,21 +97,9 @@ extension Engine {
 
     /// Ends a workload that never ran (killed or failed while pending).
     func finishUnstarted(_ job: Job, status: WorkloadStatus, error: String) {
-        let id = job.spec.id
+        let at = Millis.now()
         writerQueue.async { [self] in
-            let record: WorkloadRecord
-            do {
-                record = try store.transition(id, to: status) { r in
-                    r.error = error
-                    r.finishedAt = Millis.now()
-                }
-            } catch {
-                logger.error("cannot end workload \(id): \(error)")
-                if let r = try? store.get(id) { complete(job, r) }
-                return
-            }
-            Metrics.Counter(label: "kiln_workloads_total", dimensions: [("status", status.rawValue), ("backend", job.backend.name.rawValue)]).increment()
-            complete(job, record)
+            storeEnd(job, PendingEnd(status: status, error: error) { r in r.finishedAt = at })
         }
     }
 
@@ -149,11 +124,13 @@ extension Engine {
         backlog.admit(id, bytes: bytes)
         writerQueue.async { [self] in
             defer { backlog.release(id, bytes: bytes) }
+            // Lines after one the store refused wait behind it, so the log stays gap-free.
+            if holdIfBehind(id, lines) { return }
             do {
                 try store.appendLines(id, lines)
                 broker.markPersisted(id, upTo: last)
             } catch {
-                logger.error("cannot store \(lines.count) log lines of \(id): \(error)")
+                logBatchFailed(id, lines, error)
             }
         }
         Metrics.Counter(label: "kiln_log_lines_total").increment(by: lines.count)

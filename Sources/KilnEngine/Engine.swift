@@ -24,6 +24,10 @@ public final class Engine: @unchecked Sendable {
     let writerQueue = DispatchQueue(label: "kiln.store-writer")
     /// What of the writer queue's work is log lines, bounded (backpressure on the readers).
     let backlog: StoreBacklog
+    /// Whether the store accepts writes; what it refused waits in `held` (`Engine+StoreRepair`).
+    public let health = StorageHealth()
+    let held = Locked<[String: HeldWrites]>([:])
+    let repairScheduled = Locked(false)
     /// The pool: one serial queue per running workload, made on demand and reused.
     /// Serial queues get a thread of their own when they have work; a concurrent
     /// queue would share the global pool, which grows slowly while backends block.

@@ -74,4 +74,6 @@ public enum EngineError: Error, Equatable {
     case notFound(String)
     case alreadyFinished(WorkloadRecord)
     case storage(String)
+    /// The store refuses writes (disk full, read-only, I/O error): 507, nothing was stored.
+    case storageUnavailable(String)
 }

@@ -8,6 +8,9 @@ import Metrics
 final class EngineLogWriter: LogWriter {
     let id: String
     unowned let engine: Engine
+    /// Once it says `.storage` (a batch was refused), further output is read and discarded:
+    /// what waits for the store stays what was read before.
+    let cancellation: Cancellation
     private(set) var lastSeq: Int64 = 0
     private var out = LineSplitter()
     private var err = LineSplitter()
@@ -24,12 +27,14 @@ final class EngineLogWriter: LogWriter {
     static let batchLines = 2048
     static let batchNanos: UInt64 = 20_000_000
 
-    init(id: String, engine: Engine) {
+    init(id: String, engine: Engine, cancellation: Cancellation) {
         self.id = id
         self.engine = engine
+        self.cancellation = cancellation
     }
 
     func write(_ stream: LogStream, _ bytes: [UInt8]) {
+        if cancellation.reason == .storage { return }
         now = Millis.now()
         if stream == .stdout {
             let room = OutputCapture.limit - stdout.count
@@ -47,6 +52,7 @@ final class EngineLogWriter: LogWriter {
     }
 
     func writeLine(_ stream: LogStream, _ line: String) {
+        if cancellation.reason == .storage { return }
         now = Millis.now()
         var splitter = LineSplitter()
         splitter.feed(Array(line.utf8)) { add(stream, $0) }

@@ -112,6 +112,10 @@ public final class SQLiteStore: WorkloadStore {
         m.registerMigration("v6-finished-at") { db in
             try db.execute(sql: "CREATE INDEX workloads_finished_at ON workloads(finished_at) WHERE finished_at IS NOT NULL")
         }
+        // One row that `checkWritable` rewrites after a storage error.
+        m.registerMigration("v7-write-probe") { db in
+            try db.execute(sql: "CREATE TABLE write_probe (id INTEGER PRIMARY KEY CHECK (id = 1), at INTEGER NOT NULL, pad BLOB NOT NULL)")
+        }
         return m
     }
 
@@ -218,6 +222,15 @@ public final class SQLiteStore: WorkloadStore {
             _ = try purge(id)
         }
         return ids.count
+    }
+
+    /// Rewrites the probe row with 64 KiB, about what a batch of lines takes, so that a
+    /// store with room for a few bytes only does not count as writable again.
+    public func checkWritable() throws {
+        try db.write { db in
+            try db.execute(sql: "INSERT OR REPLACE INTO write_probe (id, at, pad) VALUES (1, ?, randomblob(65536))",
+                           arguments: [Millis.now()])
+        }
     }
 
     // MARK: Log lines

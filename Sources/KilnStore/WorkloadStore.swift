@@ -31,6 +31,8 @@ public protocol WorkloadStore: Sendable {
     /// Retention: deletes up to `limit` workloads that finished before `cutoff` (ms since
     /// the epoch), with their logs, in short transactions; returns how many.
     func purgeFinished(before cutoff: Int64, limit: Int, chunk: Int) throws -> Int
+    /// A small real write, to learn whether the store accepts writes again after a failure.
+    func checkWritable() throws
 }
 
 extension WorkloadStore {

@@ -9,7 +9,7 @@ import KilnTestSupport
 @testable import KilnAPI
 @testable import KilnEngine
 
-/// Every route states who may call it, and only `/healthz` and `/metrics` are open.
+/// Every route states who may call it, and only `/healthz`, `/readyz` and `/metrics` are open.
 @Suite(.timeLimit(.minutes(10)), .ownThread) struct RouteAccessTests {
     @Test func everyRouteHasTheAccessRuleTheAccessTestsExpect() throws {
         let api = try TestAPI.make()
@@ -17,7 +17,7 @@ import KilnTestSupport
         let expected = APIRoutes.all.map { "\($0.method) \($0.template) \($0.permission ?? "open")" }
         #expect(actual == expected)
         for route in api.router.accessTable where route.access.permission == nil {
-            #expect(["/healthz", "/metrics"].contains(route.template), "\(route.template) needs no token")
+            #expect(["/healthz", "/readyz", "/metrics"].contains(route.template), "\(route.template) needs no token")
         }
         // Only the log stream takes the token as a query value (EventSource sends no headers).
         #expect(api.router.accessTable.filter(\.access.queryToken).map(\.template) == ["/v1/workloads/{id}/logs"])

@@ -81,6 +81,7 @@ import KilnTestSupport
         typealias Row = (method: String, template: String, path: String, body: String?, expect: [Int])
         let rows: [Row] = [
             ("GET", "/healthz", "/healthz", nil, [200, 200, 200, 200, 200, 200, 200, 200]),
+            ("GET", "/readyz", "/readyz", nil, [200, 200, 200, 200, 200, 200, 200, 200]),
             ("GET", "/metrics", "/metrics", nil, [200, 200, 200, 200, 200, 200, 200, 200]),
             ("POST", "/v1/workloads", "/v1/workloads", body, [401, 401, 403, 200, 403, 200, 200, 200]),
             ("GET", "/v1/workloads", "/v1/workloads", nil, [401, 401, 200, 200, 200, 200, 200, 200]),

@@ -4,6 +4,7 @@
 public enum APIRoutes {
     public static let all: [(method: String, template: String, permission: String?)] = [
         ("GET", "/healthz", nil),
+        ("GET", "/readyz", nil),
         ("GET", "/metrics", nil),
         ("POST", "/v1/workloads", "submit"),
         ("GET", "/v1/workloads", "read"),
