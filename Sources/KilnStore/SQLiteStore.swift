@@ -116,6 +116,7 @@ public final class SQLiteStore: WorkloadStore {
         m.registerMigration("v7-write-probe") { db in
             try db.execute(sql: "CREATE TABLE write_probe (id INTEGER PRIMARY KEY CHECK (id = 1), at INTEGER NOT NULL, pad BLOB NOT NULL)")
         }
+        m.registerMigration("v8-stats-counters") { db in try StatsCounters.migrate(db) }
         return m
     }
 
@@ -275,42 +276,10 @@ public final class SQLiteStore: WorkloadStore {
 
     // MARK: Stats
 
-    /// Counts and durations, of one tenant's workloads or (nil) of all.
+    /// Counts and durations, of one tenant's workloads or (nil) of all, from the counters
+    /// that triggers keep as workloads change (`StatsCounters`): a few small reads, however
+    /// many workloads are stored.
     public func stats(tenant: String?) throws -> StoreStats {
-        // `tenant IS NULL` is never true of a row: with no tenant, `? IS NULL` keeps every row.
-        let scope = "(? IS NULL OR tenant = ?)"
-        let scopeArgs: StatementArguments = [tenant, tenant]
-        return try db.read { db in
-            var byStatus: [WorkloadStatus: Int] = [:]
-            var total = 0
-            for row in try Row.fetchAll(db, sql: "SELECT status, count(*) AS n FROM workloads WHERE \(scope) GROUP BY status",
-                                        arguments: scopeArgs) {
-                if let s = WorkloadStatus(rawValue: row["status"]) {
-                    let n: Int = row["n"]
-                    byStatus[s] = n
-                    total += n
-                }
-            }
-            var backends: [String: BackendStats] = [:]
-            let groups = try Row.fetchAll(db, sql: """
-                SELECT isolation_used, count(*) AS n, avg(duration_ms) AS avg FROM workloads
-                WHERE duration_ms IS NOT NULL AND isolation_used IS NOT NULL AND \(scope) GROUP BY isolation_used
-                """, arguments: scopeArgs)
-            for row in groups {
-                let name: String = row["isolation_used"]
-                let n: Int = row["n"]
-                func percentile(_ p: Double) throws -> Int64 {
-                    let offset = max(0, Int((Double(n) * p).rounded(.up)) - 1)
-                    return try Int64.fetchOne(db, sql: """
-                        SELECT duration_ms FROM workloads WHERE isolation_used = ? AND duration_ms IS NOT NULL AND \(scope)
-                        ORDER BY duration_ms LIMIT 1 OFFSET ?
-                        """, arguments: [name] + scopeArgs + [offset]) ?? 0
-                }
-                backends[name] = BackendStats(count: n, avgMs: row["avg"], p50Ms: try percentile(0.5), p95Ms: try percentile(0.95))
-            }
-            let lines = try Int64.fetchOne(db, sql: "SELECT coalesce(sum(log_lines), 0) FROM workloads WHERE \(scope)",
-                                           arguments: scopeArgs) ?? 0
-            return StoreStats(byStatus: byStatus, total: total, backends: backends, logLinesTotal: lines)
-        }
+        try db.read { db in try StatsCounters.read(db, tenant: tenant) }
     }
 }

@@ -254,4 +254,90 @@ import KilnCore
         #expect(s.backends["process"]?.avgMs == 40)
         #expect(s.logLinesTotal == 10)
     }
+    /// What the stats must say, computed from every record (as the store did before counters).
+    func expectedStats(_ records: [WorkloadRecord], tenant: String?) -> (Int, [WorkloadStatus: Int], Int64, [String: (Int, Int64, Int64)]) {
+        let mine = records.filter { tenant == nil || $0.tenant == tenant }
+        var byStatus: [WorkloadStatus: Int] = [:]
+        for r in mine { byStatus[r.status, default: 0] += 1 }
+        var backends: [String: (Int, Int64, Int64)] = [:]
+        for (name, rs) in Dictionary(grouping: mine.filter { $0.durationMs != nil && $0.isolationUsed != nil }, by: { $0.isolationUsed!.rawValue }) {
+            let d = rs.map { $0.durationMs! }.sorted()
+            func at(_ p: Double) -> Int64 { d[max(0, Int((Double(d.count) * p).rounded(.up)) - 1)] }
+            backends[name] = (d.count, at(0.5), at(0.95))
+        }
+        return (mine.count, byStatus, mine.reduce(0) { $0 + $1.logLines }, backends)
+    }
+
+    func all(_ store: SQLiteStore) throws -> [WorkloadRecord] {
+        try store.list(limit: 100_000, cursor: nil, filter: WorkloadFilter()).records
+    }
+
+    func checkStats(_ store: SQLiteStore, _ tenants: [String?]) throws {
+        let records = try all(store)
+        for tenant in tenants {
+            let s = try store.stats(tenant: tenant)
+            let (total, byStatus, lines, backends) = expectedStats(records, tenant: tenant)
+            #expect(s.total == total && s.byStatus == byStatus && s.logLinesTotal == lines, "tenant \(tenant ?? "all")")
+            #expect(s.backends.mapValues { [$0.count, Int($0.p50Ms), Int($0.p95Ms)] } == backends.mapValues { [$0.0, Int($0.1), Int($0.2)] },
+                    "tenant \(tenant ?? "all")")
+        }
+    }
+
+    /// The counters follow every write path: inserts, transitions, failUnfinished, purge and
+    /// retention, across tenants (durations under a second, where buckets are exact).
+    @Test func statsCountersFollowEveryChange() throws {
+        let store = try SQLiteStore(path: path())
+        var rng = SystemRandomNumberGenerator()
+        let tenants = ["default", "team-a", "team-b"]
+        let backends: [Isolation] = [.process, .sandbox, .isolate]
+        for i in 0..<300 {
+            var r = record()
+            r.tenant = tenants[i % 3]
+            try store.insert(r)
+            switch Int.random(in: 0..<4, using: &rng) {
+            case 0: continue
+            case 1: try store.transition(r.id, to: .running) { $0.isolationUsed = backends[i % 3] }
+            default:
+                try store.transition(r.id, to: .running) { $0.isolationUsed = backends[(i / 3) % 3] }
+                let status: WorkloadStatus = [.completed, .failed, .killed][i % 3]
+                let ms = Int64.random(in: 0..<1000, using: &rng)
+                let lines = Int64.random(in: 0..<50, using: &rng)
+                try store.transition(r.id, to: status) { $0.durationMs = ms; $0.logLines = lines; $0.finishedAt = Int64(i) }
+            }
+        }
+        try checkStats(store, [nil] + tenants + ["nobody"])
+        for r in try all(store).prefix(40) where r.status.isTerminal { _ = try store.purge(r.id) }
+        _ = try store.purgeFinished(before: 100, limit: 30, chunk: 10)
+        try checkStats(store, [nil] + tenants)
+        _ = try store.failUnfinished(error: "server restarted")
+        try checkStats(store, [nil] + tenants)
+    }
+
+    /// Above a second a duration counts to three significant figures; the average stays exact.
+    @Test func longDurationsCountToThreeSignificantFigures() throws {
+        let store = try SQLiteStore(path: ":memory:")
+        for ms in [999, 12_345, 12_399, 123_456] {
+            let id = try make(store, .running)
+            try store.transition(id, to: .completed) { $0.isolationUsed = .process; $0.durationMs = Int64(ms) }
+        }
+        let b = try #require(try store.stats().backends["process"])
+        #expect(b.p50Ms == 12_300 && b.p95Ms == 123_000)
+        #expect(b.avgMs == Double(999 + 12_345 + 12_399 + 123_456) / 4)
+    }
+
+    /// A database made before the counters gets them from the rows it holds.
+    @Test func theCountersMigrationCountsWhatIsAlreadyStored() throws {
+        let file = path()
+        do {
+            let old = try SQLiteStore(path: file, migrateUpTo: "v7-write-probe")
+            for ms in [10, 20, 30] {
+                let id = try make(old, .running)
+                try old.transition(id, to: .failed) { $0.isolationUsed = .sandbox; $0.durationMs = Int64(ms); $0.logLines = 3 }
+            }
+            _ = try make(old, .pending)
+        }
+        let store = try SQLiteStore(path: file)
+        try checkStats(store, [nil, "default"])
+        #expect(try store.stats().total == 4 && store.stats().logLinesTotal == 9)
+    }
 }
