@@ -18,10 +18,14 @@ public struct ServerConfig: Sendable {
     public var defaultTimeoutS: Int
     public var maxTimeoutS: Int
     public var heartbeatS: Int
-    /// Caps on what a workload's `resources` may ask for (`KILN_MAX_MEM_MB`, `KILN_MAX_CPUS`, `KILN_MAX_PIDS`).
+    /// Caps on what a workload's `resources` may ask for (`KILN_MAX_MEM_MB`, `KILN_MAX_CPUS`,
+    /// `KILN_MAX_PIDS`, `KILN_MAX_DISK_MB`).
     public var maxMemMB: Int
     public var maxCPUs: Int
     public var maxPids: Int
+    public var maxDiskMB: Int
+    /// `KILN_SANDBOX_UIDS`: the host uids sandbox workloads run as, one per running workload.
+    public var sandboxUIDs: ClosedRange<Int>
     /// `KILN_MAX_LOG_BYTES`.
     public var maxLogBytes: Int
     /// `KILN_RETENTION` in seconds; nil keeps every workload.
@@ -120,12 +124,26 @@ public struct ServerConfig: Sendable {
             maxMemMB: try int("KILN_MAX_MEM_MB", min: 16, max: 1 << 20),
             maxCPUs: try int("KILN_MAX_CPUS", min: 1, max: 1024),
             maxPids: try int("KILN_MAX_PIDS", min: 8, max: 1 << 22),
+            maxDiskMB: try int("KILN_MAX_DISK_MB", min: 1, max: 1 << 24),
+            sandboxUIDs: try uidRange(value("KILN_SANDBOX_UIDS")),
             maxLogBytes: try int("KILN_MAX_LOG_BYTES", min: 1024),
             retentionS: try retention(value("KILN_RETENTION")),
             requestTimeoutS: try int("KILN_REQUEST_TIMEOUT_S", min: 1, max: 3600),
             corsOrigins: cors.isEmpty ? nil : cors, logLevel: level,
             tokensFile: tokensFile.isEmpty ? nil : tokensFile, isolation: isolation,
             tokens: tokens)
+    }
+
+    /// `KILN_SANDBOX_UIDS`: `FIRST-LAST`, at least 16 uids, none of them below 1000 (system
+    /// users) or at 65534 (nobody) and beyond, within 2^31.
+    static func uidRange(_ text: String) throws -> ClosedRange<Int> {
+        let raw = text.trimmingCharacters(in: .whitespaces)
+        let parts = raw.split(separator: "-", omittingEmptySubsequences: false)
+        guard parts.count == 2, let first = Int(parts[0]), let last = Int(parts[1]), first >= 1000, last >= first + 15,
+              last < 1 << 31, !(first...last).contains(65534) else {
+            throw ConfigError(description: "invalid KILN_SANDBOX_UIDS (--sandbox-uids): \"\(raw)\" is not FIRST-LAST, at least 16 uids from 1000 up, without 65534 (200000-265535)")
+        }
+        return first...last
     }
 
     /// `KILN_RETENTION`: a whole number and a unit (s, m, h, d), up to 100 years; "" is unset.

@@ -10,6 +10,7 @@ struct SubmissionParser {
     var maxMemMB: Int
     var maxCPUs: Int
     var maxPids: Int
+    var maxDiskMB: Int
     static let defaultMemMB = 256
 
     init(_ config: ServerConfig) {
@@ -18,6 +19,7 @@ struct SubmissionParser {
         maxMemMB = config.maxMemMB
         maxCPUs = config.maxCPUs
         maxPids = config.maxPids
+        maxDiskMB = config.maxDiskMB
     }
 
     func parse(_ body: [UInt8]) throws -> SubmitRequest {
@@ -48,6 +50,7 @@ struct SubmissionParser {
             resources.memMB = try intField(r, "mem_mb", prefix: "resources.", range: 16...maxMemMB, cap: "KILN_MAX_MEM_MB") ?? resources.memMB
             resources.timeoutS = try intField(r, "timeout_s", prefix: "resources.", range: 1...maxTimeoutS, cap: "KILN_MAX_TIMEOUT_S") ?? resources.timeoutS
             resources.pids = try intField(r, "pids", prefix: "resources.", range: 8...maxPids, cap: "KILN_MAX_PIDS") ?? resources.pids
+            resources.diskMB = try intField(r, "disk_mb", prefix: "resources.", range: 1...maxDiskMB, cap: "KILN_MAX_DISK_MB") ?? resources.diskMB
         }
 
         var env: [String: String] = [:]

@@ -25,6 +25,7 @@ public final class IsolateBackend: Backend, Sendable {
                 ("timeout", .bool(true)),
                 ("memory", .string("V8 heap limit per worker (resourceLimits), host RSS watch for off-heap memory")),
                 ("cpu", .string("timeout only")),
+                ("disk", .string("nothing to write: no filesystem in the context")),
             ],
             network: "none (no fetch, sockets or require in the context)",
             filesystem: "none")

@@ -50,6 +50,7 @@ public struct ProcessBackend: Backend {
             isolation: "none",
             limits: ProcessLaunch.limitsReport() + [
                 ("process_tree", .string(usePIDNamespace ? "PID namespace per workload" : "process group")),
+                ("disk", .string(WorkFolder.diskReport(sandboxed: false))),
             ],
             network: "host",
             filesystem: "host (work folder is the current directory)")
@@ -61,7 +62,7 @@ public struct ProcessBackend: Backend {
         }
         let folder: WorkFolder
         do {
-            folder = try WorkFolder(root: workRoot, id: spec.id)
+            folder = try WorkFolder(root: workRoot, id: spec.id, diskMB: spec.resources.diskMB, owner: getuid(), withTmp: false)
         } catch {
             return ExecutionResult(exitCode: nil, error: "cannot prepare work folder: \(error)")
         }
@@ -82,24 +83,6 @@ public struct ProcessBackend: Backend {
                 memoryLimitBytes: launch.memoryLimitBytes(spec), cpuLimitSeconds: ProcessLaunch.cpuSeconds(spec),
                 usePIDNamespace: usePIDNamespace, cgroup: cgroup))
         }
-    }
-}
-
-/// A per-workload folder, removed afterwards.
-struct WorkFolder {
-    let path: String
-
-    init(root: String, id: String) throws {
-        path = "\(root)/\(id)"
-        // The root must stay traversable: sandboxed workloads run as another user.
-        try FileManager.default.createDirectory(atPath: root, withIntermediateDirectories: true,
-                                                attributes: [.posixPermissions: 0o755])
-        try FileManager.default.createDirectory(atPath: path, withIntermediateDirectories: false,
-                                                attributes: [.posixPermissions: 0o700])
-    }
-
-    func remove() {
-        try? FileManager.default.removeItem(atPath: path)
     }
 }
 

@@ -5,7 +5,8 @@ import KilnProcess
 import Logging
 
 /// What the sandboxed backends share: a state folder with a minimal `/etc`, work folders
-/// owned by the unprivileged uid the workload runs as, and the runtimes' command lines.
+/// owned by the unprivileged uid the workload runs as (a tmpfs of `disk_mb`, with the
+/// `/tmp` it binds inside), and the runtimes' command lines.
 struct SandboxSupport: Sendable {
     static let nobody = 65534
     let stateRoot: String
@@ -30,15 +31,16 @@ struct SandboxSupport: Sendable {
         }
     }
 
-    /// The work folder with the code and input, owned by the workload's uid when Kiln is root.
-    func prepareWork(_ spec: ExecutionSpec) throws -> (WorkFolder, ProcessLaunch.Prepared) {
-        let folder = try WorkFolder(root: workRoot, id: spec.id)
-        let prepared = try ProcessLaunch.prepare(spec, in: folder.path)
-        if getuid() == 0 {
-            try FileManager.default.setAttributes([.ownerAccountID: SandboxSupport.nobody, .groupOwnerAccountID: SandboxSupport.nobody],
-                                                  ofItemAtPath: folder.path)
+    /// The work folder with the code and input, owned by `owner`, the host uid the workload
+    /// runs as (when Kiln is root).
+    func prepareWork(_ spec: ExecutionSpec, owner: uid_t) throws -> (WorkFolder, ProcessLaunch.Prepared) {
+        let folder = try WorkFolder(root: workRoot, id: spec.id, diskMB: spec.resources.diskMB, owner: owner, withTmp: true)
+        do {
+            return (folder, try ProcessLaunch.prepare(spec, in: folder.path))
+        } catch {
+            folder.remove()
+            throw error
         }
-        return (folder, prepared)
     }
 
     struct Run {
@@ -52,11 +54,11 @@ struct SandboxSupport: Sendable {
     }
 
     /// The work folder, the prepared files and the command; or the result that says why not.
-    func prepareRun(_ spec: ExecutionSpec) -> Result<Run, Failure> {
+    func prepareRun(_ spec: ExecutionSpec, owner: uid_t) -> Result<Run, Failure> {
         let folder: WorkFolder
         let prepared: ProcessLaunch.Prepared
         do {
-            (folder, prepared) = try prepareWork(spec)
+            (folder, prepared) = try prepareWork(spec, owner: owner)
         } catch {
             return .failure(Failure(result: ExecutionResult(exitCode: nil, error: "cannot prepare work folder: \(error)")))
         }
@@ -101,15 +103,19 @@ struct SandboxSupport: Sendable {
 }
 
 /// `sandbox`: bubblewrap. New user, pid, net, ipc, uts, cgroup and mount namespaces; read-only
-/// `/usr`, a private `/etc`, `/tmp` and `/dev`, the work folder as the only writable place;
-/// started as uid 65534 (bubblewrap run as root keeps host root inside).
+/// `/usr`, a private `/etc`, `/tmp` and `/dev`, the work folder as the only writable place.
+/// As root it starts as a host uid of its own from `identities` (bubblewrap run as root
+/// keeps host root inside), which is nobody (65534) inside the sandbox.
 public struct SandboxBackend: Backend {
     public let name: Isolation = .sandbox
     let support: SandboxSupport
     let bwrap: String?
     let setpriv: String?
+    let identities: SandboxIdentities
 
-    public init(stateRoot: String, workRoot: String, executables: [Runtime: String] = RuntimeLocator.executables()) {
+    public init(stateRoot: String, workRoot: String, identities: SandboxIdentities = SandboxIdentities(),
+                executables: [Runtime: String] = RuntimeLocator.executables()) {
+        self.identities = identities
         support = SandboxSupport(stateRoot: stateRoot, workRoot: workRoot, executables: executables)
         bwrap = RuntimeLocator.find("bwrap")
         setpriv = RuntimeLocator.find("setpriv")
@@ -125,16 +131,23 @@ public struct SandboxBackend: Backend {
             name: .sandbox, available: reason == nil, reason: reason,
             runtimes: reason == nil ? Runtime.allCases.filter { support.executables[$0] != nil } : [],
             isolation: "namespaces",
-            limits: ProcessLaunch.limitsReport(),
+            limits: ProcessLaunch.limitsReport() + [
+                ("disk", .string(WorkFolder.diskReport(sandboxed: true))),
+                ("uid", .string(getuid() == 0
+                    ? "a host uid of its own per running workload, from KILN_SANDBOX_UIDS (\(identities.range.lowerBound)-\(identities.range.upperBound)); nobody inside"
+                    : "the server's own uid (Kiln is not root)")),
+            ],
             network: "none (own network namespace with loopback only)",
             filesystem: "read-only /usr, private /etc, /tmp and /dev; the work folder is the only writable place")
     }
 
-    func arguments(_ spec: ExecutionSpec, work: String, command: [String]) -> [String] {
+    func arguments(_ spec: ExecutionSpec, work: WorkFolder, uid: uid_t, command: [String]) -> [String] {
         var a: [String] = []
         if getuid() == 0, let setpriv {
-            a += [setpriv, "--reuid=\(SandboxSupport.nobody)", "--regid=\(SandboxSupport.nobody)", "--clear-groups", "--"]
+            a += [setpriv, "--reuid=\(uid)", "--regid=\(uid)", "--clear-groups", "--"]
         }
+        // /tmp shares the work folder's tmpfs (one disk_mb for both); without one, a tmpfs of its own.
+        let tmp = work.bounded ? ["--bind", work.tmpPath, "/tmp"] : ["--size", String(spec.resources.diskMB << 20), "--tmpfs", "/tmp"]
         a += [bwrap ?? "bwrap",
               "--unshare-all", "--unshare-user", "--unshare-cgroup", "--disable-userns", "--die-with-parent", "--new-session",
               "--uid", "\(SandboxSupport.nobody)", "--gid", "\(SandboxSupport.nobody)", "--cap-drop", "ALL", "--hostname", "kiln",
@@ -143,21 +156,29 @@ public struct SandboxBackend: Backend {
               "--ro-bind", support.etcFolder, "/etc",
               "--dev", "/dev", "--size", "16777216", "--tmpfs", "/dev/shm", "--remount-ro", "/dev",
               "--proc", "/proc",
-              "--size", String(spec.resources.memMB << 20), "--tmpfs", "/tmp",
-              "--bind", work, "/work", "--remount-ro", "/", "--chdir", "/work", "--clearenv"]
+              "--bind", work.path, "/work"] + tmp + ["--remount-ro", "/", "--chdir", "/work", "--clearenv"]
         for (k, v) in ProcessLaunch.environment(spec, home: "/work") { a += ["--setenv", k, v] }
         return a + ["--"] + command
     }
 
     public func execute(_ spec: ExecutionSpec, writer: any LogWriter, cancellation: Cancellation) -> ExecutionResult {
+        var uid = getuid()
+        if uid == 0 {
+            guard let own = identities.acquire() else {
+                return ExecutionResult(exitCode: nil, error: "every sandbox uid of KILN_SANDBOX_UIDS is in use")
+            }
+            uid = own
+        }
+        // Freed after the work folder is gone and the cgroup emptied (runLimited returned).
+        defer { if uid != getuid() { identities.release(uid) } }
         let run: SandboxSupport.Run
-        switch support.prepareRun(spec) {
+        switch support.prepareRun(spec, owner: uid) {
         case .success(let r): run = r
         case .failure(let failure): return failure.result
         }
         defer { run.folder.remove() }
         let (folder, prepared) = (run.folder, run.prepared)
-        let argv = arguments(spec, work: folder.path, command: run.command)
+        let argv = arguments(spec, work: folder, uid: uid, command: run.command)
         // bubblewrap and the init of its PID namespace (setpriv execs bubblewrap) are Kiln's.
         return ProcessLaunch.runLimited(spec, writer: writer, cancellation: cancellation, what: "the sandbox",
                                         helpers: 2 + ProcessLaunch.firstProcessHelpers(pidNamespace: false)) { cgroup in
@@ -222,12 +243,13 @@ public struct GVisorBackend: Backend {
                 ("memory", .string("RLIMIT_AS inside gVisor (python, shell), V8 heap limit (node), memory cgroup of mem_mb + 64 MB")),
                 ("pids", .string("pids as RLIMIT_NPROC inside gVisor (its processes are not host processes)")),
                 ("cpu", .string("timeout only")),
+                ("disk", .string(WorkFolder.diskReport(sandboxed: true))),
             ],
             network: "none (--network=none)",
             filesystem: "read-only /usr and private /etc through gVisor's gofer; private /tmp; the work folder is the only writable place")
     }
 
-    func config(_ spec: ExecutionSpec, work: String, command: [String], rlimitMemory: Bool) -> JSON {
+    func config(_ spec: ExecutionSpec, work: WorkFolder, command: [String], rlimitMemory: Bool) -> JSON {
         var rlimits: [JSON] = [
             .object([("type", .string("RLIMIT_NOFILE")), ("soft", .int(1024)), ("hard", .int(1024))]),
             .object([("type", .string("RLIMIT_CORE")), ("soft", .int(0)), ("hard", .int(0))]),
@@ -244,6 +266,9 @@ public struct GVisorBackend: Backend {
                      ("options", .array(options.map { .string($0) }))])
         }
         let none: JSON = .array([])
+        // /tmp shares the work folder's tmpfs (one disk_mb for both); without one, gVisor's own tmpfs.
+        let tmp = work.bounded ? mount("/tmp", "bind", work.tmpPath, ["rbind", "rw", "nosuid", "nodev"])
+            : mount("/tmp", "tmpfs", "tmpfs", ["nosuid", "nodev", "mode=1777", "size=\(spec.resources.diskMB)m"])
         return .object([
             ("ociVersion", .string("1.0.2")),
             ("process", .object([
@@ -262,10 +287,10 @@ public struct GVisorBackend: Backend {
                 .object([("destination", .string("/proc")), ("type", .string("proc")), ("source", .string("proc"))]),
                 mount("/dev", "tmpfs", "tmpfs", ["nosuid", "mode=755"]),
                 mount("/dev/shm", "tmpfs", "tmpfs", ["nosuid", "nodev", "noexec", "mode=1777", "size=16m"]),
-                mount("/tmp", "tmpfs", "tmpfs", ["nosuid", "nodev", "mode=1777", "size=\(spec.resources.memMB)m"]),
+                tmp,
                 mount("/usr", "bind", "/usr", ["rbind", "ro", "nosuid", "nodev"]),
                 mount("/etc", "bind", support.etcFolder, ["rbind", "ro", "nosuid", "nodev"]),
-                mount("/work", "bind", work, ["rbind", "rw", "nosuid", "nodev"]),
+                mount("/work", "bind", work.path, ["rbind", "rw", "nosuid", "nodev"]),
             ])),
             ("linux", .object([
                 ("namespaces", .array(["pid", "network", "ipc", "uts", "mount"].map { .object([("type", .string($0))]) })),
@@ -278,7 +303,7 @@ public struct GVisorBackend: Backend {
     public func execute(_ spec: ExecutionSpec, writer: any LogWriter, cancellation: Cancellation) -> ExecutionResult {
         guard let runsc else { return ExecutionResult(exitCode: nil, error: "runsc is not installed") }
         let run: SandboxSupport.Run
-        switch support.prepareRun(spec) {
+        switch support.prepareRun(spec, owner: uid_t(SandboxSupport.nobody)) {
         case .success(let r): run = r
         case .failure(let failure): return failure.result
         }
@@ -293,7 +318,7 @@ public struct GVisorBackend: Backend {
         do {
             try FileManager.default.createDirectory(atPath: bundle, withIntermediateDirectories: true)
             // Per workload, like its code and input: written without an fsync.
-            try WorkFile.write(config(spec, work: folder.path, command: command, rlimitMemory: prepared.rlimitMemory).encoded(),
+            try WorkFile.write(config(spec, work: folder, command: command, rlimitMemory: prepared.rlimitMemory).encoded(),
                                to: "\(bundle)/config.json")
             // Not in a PID namespace of Kiln's (runsc writes uid maps through the host's /proc),
             // and no RLIMIT_AS on runsc itself (its Go runtime cannot start under one).

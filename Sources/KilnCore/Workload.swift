@@ -38,14 +38,18 @@ public struct Resources: Sendable, Equatable, Codable {
     public var timeoutS: Int
     /// Processes and threads of the workload together (its cgroup's `pids.max`).
     public var pids: Int
+    /// What the workload may write, its work folder and `/tmp` together (a tmpfs of this size).
+    public var diskMB: Int
 
     public static let defaultPids = 256
+    public static let defaultDiskMB = 256
 
-    public init(cpus: Int, memMB: Int, timeoutS: Int, pids: Int = Resources.defaultPids) {
+    public init(cpus: Int, memMB: Int, timeoutS: Int, pids: Int = Resources.defaultPids, diskMB: Int = Resources.defaultDiskMB) {
         self.cpus = cpus
         self.memMB = memMB
         self.timeoutS = timeoutS
         self.pids = pids
+        self.diskMB = diskMB
     }
 }
 
@@ -133,7 +137,7 @@ public struct WorkloadRecord: Sendable, Equatable {
             ("output_truncated", .bool(outputTruncated)),
             ("error", error.map { .string($0) } ?? .null),
             ("resources", .object([("cpus", .int(Int64(resources.cpus))), ("mem_mb", .int(Int64(resources.memMB))), ("timeout_s", .int(Int64(resources.timeoutS))),
-                                       ("pids", .int(Int64(resources.pids)))])),
+                                       ("pids", .int(Int64(resources.pids))), ("disk_mb", .int(Int64(resources.diskMB)))])),
             ("log_lines", .int(logLines)),
             ("log_truncated", .bool(logTruncated)),
             ("duration_ms", durationMs.map { .int($0) } ?? .null),
@@ -167,7 +171,8 @@ extension WorkloadRecord {
                   error: json["error"]?.stringValue,
                   resources: Resources(cpus: Int(r?["cpus"]?.int64Value ?? 1), memMB: Int(r?["mem_mb"]?.int64Value ?? 0),
                                        timeoutS: Int(r?["timeout_s"]?.int64Value ?? 0),
-                                       pids: Int(r?["pids"]?.int64Value ?? Int64(Resources.defaultPids))),
+                                       pids: Int(r?["pids"]?.int64Value ?? Int64(Resources.defaultPids)),
+                                       diskMB: Int(r?["disk_mb"]?.int64Value ?? Int64(Resources.defaultDiskMB))),
                   logLines: json["log_lines"]?.int64Value ?? 0,
                   logTruncated: json["log_truncated"]?.boolValue ?? false,
                   durationMs: json["duration_ms"]?.int64Value,

@@ -117,6 +117,9 @@ public final class SQLiteStore: WorkloadStore {
             try db.execute(sql: "CREATE TABLE write_probe (id INTEGER PRIMARY KEY CHECK (id = 1), at INTEGER NOT NULL, pad BLOB NOT NULL)")
         }
         m.registerMigration("v8-stats-counters") { db in try StatsCounters.migrate(db) }
+        m.registerMigration("v9-disk-mb") { db in
+            try db.execute(sql: "ALTER TABLE workloads ADD COLUMN disk_mb INTEGER NOT NULL DEFAULT \(Resources.defaultDiskMB)")
+        }
         return m
     }
 

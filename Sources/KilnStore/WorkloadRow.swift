@@ -19,6 +19,7 @@ struct WorkloadRow: Codable, FetchableRecord, PersistableRecord {
     var mem_mb: Int
     var timeout_s: Int
     var pids: Int
+    var disk_mb: Int
     var log_lines: Int64
     var log_truncated: Bool
     var duration_ms: Int64?
@@ -41,6 +42,7 @@ struct WorkloadRow: Codable, FetchableRecord, PersistableRecord {
         mem_mb = r.resources.memMB
         timeout_s = r.resources.timeoutS
         pids = r.resources.pids
+        disk_mb = r.resources.diskMB
         log_lines = r.logLines
         log_truncated = r.logTruncated
         duration_ms = r.durationMs
@@ -61,7 +63,7 @@ struct WorkloadRow: Codable, FetchableRecord, PersistableRecord {
             outputJSON: output,
             outputTruncated: output_truncated,
             error: error,
-            resources: Resources(cpus: cpus, memMB: mem_mb, timeoutS: timeout_s, pids: pids),
+            resources: Resources(cpus: cpus, memMB: mem_mb, timeoutS: timeout_s, pids: pids, diskMB: disk_mb),
             logLines: log_lines,
             logTruncated: log_truncated,
             durationMs: duration_ms,

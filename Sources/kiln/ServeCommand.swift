@@ -22,6 +22,8 @@ struct ServeCommand: ParsableCommand {
     @Option(parsing: .unconditional, help: ArgumentHelp(Settings.named("KILN_MAX_MEM_MB").help)) var maxMemMb: String?
     @Option(parsing: .unconditional, help: ArgumentHelp(Settings.named("KILN_MAX_CPUS").help)) var maxCpus: String?
     @Option(parsing: .unconditional, help: ArgumentHelp(Settings.named("KILN_MAX_PIDS").help)) var maxPids: String?
+    @Option(parsing: .unconditional, help: ArgumentHelp(Settings.named("KILN_MAX_DISK_MB").help)) var maxDiskMb: String?
+    @Option(parsing: .unconditional, help: ArgumentHelp(Settings.named("KILN_SANDBOX_UIDS").help)) var sandboxUids: String?
     @Option(parsing: .unconditional, help: ArgumentHelp(Settings.named("KILN_MAX_LOG_BYTES").help)) var maxLogBytes: String?
     @Option(parsing: .unconditional, help: ArgumentHelp(Settings.named("KILN_RETENTION").help)) var retention: String?
     @Option(parsing: .unconditional, help: ArgumentHelp(Settings.named("KILN_HEARTBEAT_S").help)) var heartbeatS: String?
@@ -41,6 +43,7 @@ struct ServeCommand: ParsableCommand {
             "KILN_MAX_TIMEOUT_S": maxTimeoutS, "KILN_HEARTBEAT_S": heartbeatS,
             "KILN_REQUEST_TIMEOUT_S": requestTimeoutS,
             "KILN_MAX_MEM_MB": maxMemMb, "KILN_MAX_CPUS": maxCpus, "KILN_MAX_PIDS": maxPids,
+            "KILN_MAX_DISK_MB": maxDiskMb, "KILN_SANDBOX_UIDS": sandboxUids,
             "KILN_MAX_LOG_BYTES": maxLogBytes, "KILN_RETENTION": retention,
             "KILN_CORS_ORIGINS": corsOrigins, "KILN_LOG_LEVEL": logLevel,
             "KILN_TOKENS_FILE": tokensFile, "KILN_ISOLATION": isolation,

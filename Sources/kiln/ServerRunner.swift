@@ -45,15 +45,17 @@ final class ServerRunner: Sendable {
         // unguessable name (a predictable path in /tmp could be prepared by another user).
         let stateRoot = config.db == ":memory:"
             ? NSTemporaryDirectory() + "kiln-state-\(UUID().uuidString)"
-            : URL(fileURLWithPath: config.db).deletingLastPathComponent().path + "/state"
+            : ServerRunner.stateRoot(besideDatabase: config.db)
         let workRoot = stateRoot + "/work"
+        // Work folders a killed server left may still be tmpfs mounts.
+        Tmpfs.unmountAll(under: workRoot)
         try? FileManager.default.removeItem(atPath: workRoot)
         try FileManager.default.createDirectory(atPath: workRoot, withIntermediateDirectories: true,
                                                 attributes: [.posixPermissions: 0o755])
         parts.withLock { $0.workRoot = workRoot }
         let backends: [any Backend] = [
             ProcessBackend(workRoot: workRoot),
-            SandboxBackend(stateRoot: stateRoot, workRoot: workRoot),
+            SandboxBackend(stateRoot: stateRoot, workRoot: workRoot, identities: SandboxIdentities(range: config.sandboxUIDs)),
             GVisorBackend(stateRoot: stateRoot, workRoot: workRoot, logger: logger),
             IsolateBackend(scriptFolder: stateRoot + "/isolate", logger: logger),
         ]
@@ -81,6 +83,36 @@ final class ServerRunner: Sendable {
             startLines += notice + "\n"
         }
         try? out.write(contentsOf: Data(startLines.utf8))
+    }
+
+    /// Where state and work folders live: `state` beside the database, unless Kiln is root
+    /// and a folder on the way there is closed to other users (a 0700 database folder).
+    /// Sandboxed workloads run as other uids and must reach their work folders and the
+    /// sandbox's `/etc`, so then the state lives in `/run/kiln/<a hash of the database
+    /// path>` (mode 0711), the same folder again after a restart. Each work folder inside is
+    /// still private to its workload's uid.
+    static func stateRoot(besideDatabase db: String) -> String {
+        let folder = URL(fileURLWithPath: db).deletingLastPathComponent().standardizedFileURL.path
+        let beside = folder + "/state"
+        guard getuid() == 0, !traversableByOthers(folder) else { return beside }
+        var hash: UInt64 = 0xcbf2_9ce4_8422_2325  // FNV-1a: a stable name, not a secret
+        for byte in URL(fileURLWithPath: db).standardizedFileURL.path.utf8 { hash = (hash ^ UInt64(byte)) &* 0x100_0000_01b3 }
+        let run = "/run/kiln"
+        guard (try? FileManager.default.createDirectory(atPath: run, withIntermediateDirectories: true,
+                                                        attributes: [.posixPermissions: 0o711])) != nil else { return beside }
+        _ = chmod(run, 0o711)
+        return run + "/" + String(hash, radix: 16)
+    }
+
+    /// Whether every folder from `/` to `path` lets other users through (o+x).
+    static func traversableByOthers(_ path: String) -> Bool {
+        var current = URL(fileURLWithPath: path).standardizedFileURL
+        while true {
+            var st = stat()
+            guard stat(current.path, &st) == 0, st.st_mode & S_IXOTH != 0 else { return false }
+            if current.path == "/" { return true }
+            current.deleteLastPathComponent()
+        }
     }
 
     /// What the start line adds when no allowed backend isolates python and shell code

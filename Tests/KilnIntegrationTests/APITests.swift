@@ -21,7 +21,7 @@ import KilnTestSupport
         #expect(r["log_lines"] == .int(1))
         #expect(r["output_truncated"] == .bool(false))
         #expect(r["error"] == .null)
-        #expect(r["resources"] == .object([("cpus", .int(1)), ("mem_mb", .int(256)), ("timeout_s", .int(30)), ("pids", .int(256))]))
+        #expect(r["resources"] == .object([("cpus", .int(1)), ("mem_mb", .int(256)), ("timeout_s", .int(30)), ("pids", .int(256)), ("disk_mb", .int(256))]))
         for key in ["created_at", "started_at", "finished_at"] {
             let t = r[key]?.stringValue ?? ""
             #expect(t.range(of: #"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$"#, options: .regularExpression) != nil, "\(key): \(t)")

@@ -74,6 +74,27 @@ struct CgroupChecks {
         #expect(try run(s, "shell", "echo fine", [])["output"] == .string("fine\n"))
     }
 
+    /// Writes stop at `disk_mb` with ENOSPC inside, and what was written is in a tmpfs, not
+    /// on the server's disk. Sandboxed backends count `/tmp` in the same bound; the process
+    /// backend's `/tmp` is the host's (it runs with the server's rights), so only its work
+    /// folder is checked.
+    func writesStopAtDiskMB(tmpShares: Bool, tmpfsVisible: Bool = true) throws {
+        let s = try IsolationServer.server(for: backend)
+        var code = ""
+        if tmpShares { code += "head -c 12582912 /dev/zero > /tmp/a && echo tmp-ok; " }
+        if tmpfsVisible { code += "echo fs=$(stat -f -c %T .); " }
+        code += "{ head -c 33554432 /dev/zero > big; } 2>&1; echo rc=$?; echo size=$(wc -c < big)"
+        let r = try run(s, "shell", code, [("disk_mb", .int(16))])
+        let text = r["output"]?.stringValue ?? ""
+        #expect(text.contains("No space left on device"), "\(backend): \(r.text)")
+        #expect(!text.contains("rc=0"), "\(backend): \(r.text)")
+        if tmpfsVisible { #expect(text.contains("fs=tmpfs"), "\(backend): \(r.text)") }
+        let size = Int(text.components(separatedBy: "size=").last?.trimmingCharacters(in: .whitespacesAndNewlines) ?? "") ?? -1
+        let room = (tmpShares ? 4 : 16) << 20
+        #expect(size >= 0 && size <= room, "\(backend): wrote \(size) bytes with \(room) left of disk_mb 16")
+        if tmpShares { #expect(text.contains("tmp-ok"), "\(backend): \(r.text)") }
+    }
+
     /// Leftovers of a finished workload are gone: a daemonized grandchild and the cgroup.
     func theCgroupIsEmptiedAndRemovedAtTheEnd() throws {
         let s = try IsolationServer.server(for: backend)
@@ -100,6 +121,7 @@ struct ProcessLimitsTests {
     @Test func memoryCountsEveryProcess() throws { try checks.memoryCountsEveryProcess() }
     @Test func aForkLoopStopsAtPids() throws { try checks.aForkLoopStopsAtPids() }
     @Test func theCgroupIsEmptiedAndRemovedAtTheEnd() throws { try checks.theCgroupIsEmptiedAndRemovedAtTheEnd() }
+    @Test func writesStopAtDiskMB() throws { try checks.writesStopAtDiskMB(tmpShares: false) }
 }
 
 @Suite(.enabled(if: getuid() == 0, "needs root, for a cgroup per workload"), .enabled(if: Backends.runnable("sandbox"), "needs the sandbox backend (bubblewrap, as root)"),
@@ -110,6 +132,68 @@ struct SandboxLimitsTests {
     @Test func memoryCountsEveryProcess() throws { try checks.memoryCountsEveryProcess() }
     @Test func aForkLoopStopsAtPids() throws { try checks.aForkLoopStopsAtPids() }
     @Test func theCgroupIsEmptiedAndRemovedAtTheEnd() throws { try checks.theCgroupIsEmptiedAndRemovedAtTheEnd() }
+    @Test func writesStopAtDiskMB() throws { try checks.writesStopAtDiskMB(tmpShares: true) }
+
+    /// Per-user kernel state, tried as a hostile tenant would: one workload takes every
+    /// inotify instance its uid may have (max_user_instances) and holds them; a second
+    /// workload meanwhile still gets as many, because it runs as another host uid.
+    @Test func twoSandboxWorkloadsRunAsDifferentHostUidsAndShareNoPerUserLimit() throws {
+        let s = try IsolationServer.server(for: "sandbox")
+        let run = UUID().uuidString.prefix(8)
+        /// Takes every inotify instance it can, starts a tagged sleeper (so the test can read
+        /// its host uid from /proc), says how many it holds, and holds them.
+        func start(_ tag: String) throws -> String {
+            let code = """
+                import ctypes, subprocess, time
+                libc = ctypes.CDLL(None, use_errno=True)
+                fds = []
+                while len(fds) < 100000:
+                    fd = libc.inotify_init()
+                    if fd < 0: break
+                    fds.append(fd)
+                subprocess.Popen(["sh", "-c", "sleep 60", "\(tag)"])
+                print("holding", len(fds), flush=True)
+                time.sleep(60)
+                """
+            let id = try s.submit(JSON.object([("runtime", .string("python")), ("isolation", .string("sandbox")), ("code", .string(code))]).text)
+            let deadline = Date().addingTimeInterval(30)
+            while true {
+                let lines = try s.json("GET", "/v1/workloads/\(id)/logs/history").1["lines"]?.arrayValue ?? []
+                if let line = lines.first?["line"]?.stringValue { return line }
+                try #require(Date() < deadline, "workload \(tag) did not report within 30 s")
+                usleep(50_000)
+            }
+        }
+        func hostUID(_ tag: String) -> Int? {
+            guard let pid = ProcessTable.pids(containing: tag).first,
+                  let status = try? String(contentsOfFile: "/proc/\(pid)/status", encoding: .utf8),
+                  let line = status.split(separator: "\n").first(where: { $0.hasPrefix("Uid:") }) else { return nil }
+            return Int(line.split(separator: "\t")[1])
+        }
+        let first = try start("kiln-uid-a-\(run)")
+        let second = try start("kiln-uid-b-\(run)")
+        let uids = [hostUID("kiln-uid-a-\(run)"), hostUID("kiln-uid-b-\(run)")]
+        for w in try s.json("GET", "/v1/workloads?status=running").1["workloads"]?.arrayValue ?? [] {
+            _ = try s.request("DELETE", "/v1/workloads/\(w["id"]?.stringValue ?? "")")
+        }
+        #expect(first.hasPrefix("holding ") && first != "holding 0", "\(first)")
+        #expect(second == first, "the first holds \(first); the second got \(second)")
+        #expect(uids[0] != nil && uids[0] != uids[1], "host uids \(uids)")
+        for uid in uids { #expect((200_000...265_535).contains(uid ?? 0), "host uid \(uid ?? -1)") }
+    }
+
+    /// A private database folder (mode 0700) does not make the sandbox unavailable: the
+    /// sandbox's uids cannot enter it, so state and work folders live elsewhere.
+    @Test func theSandboxWorksWithAPrivateDatabaseFolder() throws {
+        let folder = KilnServer.tempDir("kiln-private") + "/db"
+        try FileManager.default.createDirectory(atPath: folder, withIntermediateDirectories: true, attributes: [.posixPermissions: 0o700])
+        let s = try KilnServer.start(db: folder + "/kiln.db", isolation: "sandbox")
+        try IsolationServer.require(s, "sandbox")
+        let r = try checks.run(s, "shell", "echo inside; id -u", [])
+        #expect(r["status"] == .string("completed") && r["output"] == .string("inside\n65534\n"), "\(r.text)")
+        let mode = try FileManager.default.attributesOfItem(atPath: folder)[.posixPermissions] as? Int
+        #expect(mode == 0o700, "the database folder's mode was changed")
+    }
 
     /// Files in the sandbox's /tmp (a tmpfs) are memory the workload holds: 80 MiB there
     /// and a 40 MiB allocation do not fit in mem_mb 96, though each alone would.
@@ -128,6 +212,8 @@ struct SandboxLimitsTests {
 struct GVisorLimitsTests {
     let checks = CgroupChecks(backend: "gvisor")
     @Test func aForkLoopStopsAtPids() throws { try checks.aForkLoopStopsAtPids() }
+    @Test(.enabled(if: getuid() == 0, "needs root, for a tmpfs work folder"))
+    func writesStopAtDiskMB() throws { try checks.writesStopAtDiskMB(tmpShares: true, tmpfsVisible: false) }
 }
 
 @Suite(.timeLimit(.minutes(5)), .ownThread)

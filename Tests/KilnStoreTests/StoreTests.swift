@@ -330,11 +330,14 @@ import KilnCore
         let file = path()
         do {
             let old = try SQLiteStore(path: file, migrateUpTo: "v7-write-probe")
-            for ms in [10, 20, 30] {
-                let id = try make(old, .running)
-                try old.transition(id, to: .failed) { $0.isolationUsed = .sandbox; $0.durationMs = Int64(ms); $0.logLines = 3 }
+            // Rows as that schema has them (the record type writes today's columns).
+            for (i, ms) in [10, 20, 30].enumerated() {
+                try old.executeForTesting("""
+                    INSERT INTO workloads (id, status, runtime, isolation, isolation_used, cpus, mem_mb, timeout_s, log_lines, duration_ms, created_at)
+                    VALUES ('\(ids.next())', 'failed', 'shell', 'auto', 'sandbox', 1, 256, 30, 3, \(ms), \(i))
+                    """)
             }
-            _ = try make(old, .pending)
+            try old.executeForTesting("INSERT INTO workloads (id, status, runtime, isolation, cpus, mem_mb, timeout_s, created_at) VALUES ('\(ids.next())', 'pending', 'shell', 'auto', 1, 256, 30, 4)")
         }
         let store = try SQLiteStore(path: file)
         try checkStats(store, [nil, "default"])
