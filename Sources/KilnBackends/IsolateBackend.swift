@@ -181,6 +181,7 @@ final class IsolateHost: Sendable {
 
     func run(_ spec: ExecutionSpec, writer: any LogWriter, cancellation: Cancellation) -> ExecutionResult {
         let run = IsolateRun()
+        defer { run.close() }
         let host: ChildProcess
         do {
             host = try ensureHost()
@@ -229,6 +230,10 @@ final class IsolateHost: Sendable {
 }
 
 /// Messages for one run, posted by the reader thread and taken by the run's own thread.
+/// Bounded: while more than `limit` bytes of log lines wait, posting a line waits too, so
+/// the host's pipe fills and the host's writes block, rather than the server holding a
+/// fast printer's lines (the run's own thread waits in turn while the store is behind:
+/// `StoreBacklog`). `close` ends every wait once the run's thread has stopped taking.
 /// `@unchecked Sendable`: its queue is guarded by an NSCondition, for the timed wait that
 /// `Locked` and `Mutex` lack.
 final class IsolateRun: @unchecked Sendable {
@@ -237,16 +242,30 @@ final class IsolateRun: @unchecked Sendable {
         case finished(ExecutionResult)
     }
 
+    static let defaultLimit = 4 << 20
+    let limit: Int
+
     // Guarded by `condition`.
     private let condition = NSCondition()
     private var events: [Event] = []
     private var head = 0
+    private var queuedBytes = 0
+    private var closed = false
+
+    init(limit: Int = IsolateRun.defaultLimit) {
+        self.limit = limit
+    }
 
     func post(_ e: Event) {
         condition.lock()
+        defer { condition.unlock() }
+        if case .log(_, let line) = e {
+            while !closed && queuedBytes > limit { condition.wait() }
+            queuedBytes += line.utf8.count
+        }
+        guard !closed else { return }
         events.append(e)
-        condition.signal()
-        condition.unlock()
+        condition.broadcast()
     }
 
     func next(timeout: TimeInterval) -> Event? {
@@ -256,10 +275,32 @@ final class IsolateRun: @unchecked Sendable {
         guard head < events.count else { return nil }
         let e = events[head]
         head += 1
+        if case .log(_, let line) = e {
+            queuedBytes -= line.utf8.count
+            condition.broadcast()
+        }
         if head > 1024 && head * 2 > events.count {
             events.removeFirst(head)
             head = 0
         }
         return e
+    }
+
+    /// The run's thread takes no more: later posts are dropped and no poster waits.
+    func close() {
+        condition.lock()
+        closed = true
+        events.removeAll()
+        head = 0
+        queuedBytes = 0
+        condition.broadcast()
+        condition.unlock()
+    }
+
+    /// Bytes of log lines posted and not yet taken.
+    var pendingBytes: Int {
+        condition.lock()
+        defer { condition.unlock() }
+        return queuedBytes
     }
 }

@@ -144,6 +144,7 @@ final class ServerRunner: Sendable {
         }
         guard let taken else { return }
         let (server, engine, api, workRoot) = (taken.server, taken.engine, taken.api, taken.workRoot)
+        let began = Date()
         logger.notice("stopping (\(reason))")
         taken.retention?.stop()
         api?.beginShutdown()
@@ -155,8 +156,11 @@ final class ServerRunner: Sendable {
         }
         // Answers the engine just produced (synchronous runs ended by the shutdown) go out.
         api?.finishPendingAnswers()
-        // Let open streams write their end events before the daemon goes.
-        let deadline = Date().addingTimeInterval(1.5)
+        // Let open streams write their end events before the daemon goes: a stream far
+        // behind must send its backlog first, so it gets what is left of 8 s from the
+        // signal (at least 1.5 s), and one that still has not caught up then is closed
+        // without its end; its client resumes with Last-Event-ID (SPEC §4, slow clients).
+        let deadline = max(Date().addingTimeInterval(1.5), began.addingTimeInterval(8))
         while (api?.openStreams ?? 0) > 0 && Date() < deadline { usleep(20_000) }
         server?.stop()
         if let workRoot { try? FileManager.default.removeItem(atPath: workRoot) }

@@ -33,6 +33,15 @@ import KilnTestSupport
         }
     }
 
+    @Test func sandboxUIDsAreARangeOfAtLeastSixteenNonSystemUIDsWithoutNobody() throws {
+        #expect(try ServerConfig.uidRange("200000-265535") == 200_000...265_535)
+        #expect(try ServerConfig.uidRange(" 1000-1015 ") == 1000...1015)
+        #expect(try ServerConfig.resolve(flags: [:], environment: ["KILN_DB": ":memory:"]).sandboxUIDs == 200_000...265_535)
+        for bad in ["", "5", "0-100000", "999-2000", "2000-2010", "60000-70000", "300-200", "1000-", "-1000-2000", "a-b", "1000-3000000000"] {
+            #expect { _ = try ServerConfig.uidRange(bad) } throws: { "\($0)".contains("KILN_SANDBOX_UIDS") }
+        }
+    }
+
     @Test func retentionIsAWholeNumberWithAUnit() throws {
         #expect(try ServerConfig.retention("") == nil)
         #expect(try ServerConfig.retention("30d") == 30 * 86_400)

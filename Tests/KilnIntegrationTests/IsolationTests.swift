@@ -179,6 +179,18 @@ struct IsolateBackendTests {
                                       ("input", input), ("resources", .object(resources))]).text)
     }
 
+    /// ArrayBuffers are off V8's heap, outside resourceLimits: the host's RSS watch stops
+    /// them. Through the server (as root the host runs in a PID namespace of its own while
+    /// /proc is the host's, which once turned the watch off without a word).
+    @Test func offHeapMemoryIsStoppedAtMemMB() throws {
+        let s = try IsolationServer.server(for: "isolate")
+        let r = try run(s, "export default () => { const held = []; for (let i = 0; i < 32; i++) held.push(new Uint8Array(64 << 20).fill(1)); return held.length }",
+                        mem: 64, timeout: 60)
+        #expect(r["status"] == .string("failed"), "\(r.text)")
+        #expect(r["error"]?.stringValue?.hasPrefix("memory limit of 64 MB exceeded") == true, "\(r.text)")
+        #expect(try run(s, "export default () => 1 + 1")["output"] == .int(2))
+    }
+
     @Test func defaultExportRunsWithInputAndLogsAsItGoes() throws {
         let s = try IsolationServer.server(for: "isolate")
         let r = try run(s, "export default async (input) => { console.log('one', input.n); console.error('two'); await null; return {sum: input.n + 1} }",

@@ -31,7 +31,7 @@
 import { Worker, isMainThread, parentPort } from 'node:worker_threads';
 import { fork } from 'node:child_process';
 import { createInterface } from 'node:readline';
-import { readFileSync } from 'node:fs';
+import { readFileSync, readdirSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
 import { createRequire } from 'node:module';
 import vm from 'node:vm';
@@ -710,6 +710,27 @@ function supervisorMain() {
     }
   }
 
+  // The pid under which /proc shows a child. Kiln starts the host in a PID namespace of its
+  // own while /proc stays the host's, so `child.pid` (a pid of our namespace) names some
+  // other process there, often a kernel thread without VmRSS, which silently turned the
+  // off-heap check off. Our children, as /proc numbers them, are in
+  // /proc/self/task/*/children; the one whose NSpid ends with `pid` is this child.
+  function procPid(pid) {
+    try {
+      for (const task of readdirSync('/proc/self/task')) {
+        const children = readFileSync(`/proc/self/task/${task}/children`, 'latin1').split(' ').filter(Boolean);
+        for (const c of children) {
+          const ns = /NSpid:\s+([\d\s]+)\n/.exec(readFileSync(`/proc/${c}/status`, 'latin1'));
+          const ids = ns ? ns[1].trim().split(/\s+/) : [c];
+          if (ids[ids.length - 1] === String(pid)) return Number(c);
+        }
+      }
+    } catch {
+      // Not Linux, or the child is already gone: the check is off for it (rssMb gives NaN).
+    }
+    return NaN;
+  }
+
   function spawnProc() {
     const childEnv = {};
     for (const k of ['TZ', 'LANG', 'LC_ALL']) if (process.env[k] !== undefined) childEnv[k] = process.env[k];
@@ -834,7 +855,8 @@ function supervisorMain() {
     clearTimeout(p.idleTimer);
     p.run = run;
     run.proc = p;
-    const base = rssMb(p.child.pid);
+    if (!p.procPid) p.procPid = procPid(p.child.pid);
+    const base = rssMb(p.procPid);
     p.rssLimit = base + run.mem + RSS_SLACK_MB;
     p.child.send({ t: 'run', code: run.code, input: run.input, mem: run.mem, timeout: run.timeout });
     run.backstop = setTimeout(() => hardKill(p, 'timeout', `timed out after ${run.timeout} ms`), run.timeout + BACKSTOP_GRACE_MS);
@@ -854,7 +876,7 @@ function supervisorMain() {
     for (const p of procs) {
       if (!p.run || p.run.done || p.retired) continue;
       busy++;
-      const rss = rssMb(p.child.pid);
+      const rss = rssMb(p.procPid);
       if (rss > p.rssLimit) {
         note(`run ${JSON.stringify(p.run.id)}: process RSS ${rss.toFixed(0)} MB over its ${p.rssLimit.toFixed(0)} MB ceiling; killing`);
         hardKill(p, 'memory', `${memMessage(p.run.mem)} (off-heap memory such as ArrayBuffers counts too)`);
