@@ -124,6 +124,42 @@ import KilnTestSupport
         }
     }
 
+    /// The stored log is the truth (SPEC §4): a line reaches clients only once stored, so
+    /// after a SIGKILL mid-flood no client holds a line the restarted server lacks.
+    @Test func afterASIGKILLMidFloodNoClientHoldsALineTheStoreLacks() throws {
+        let dir = KilnServer.tempDir()
+        let db = "\(dir)/kiln.db"
+        let s = try KilnServer.start(db: db)
+        // About 1,000 lines a second in bursts of ten: the clients keep up with it, so each
+        // holds lines up to the newest one sent when the server dies.
+        let id = try s.submit(#"{"runtime": "python", "isolation": "process", "code": "import time\ni = 0\nwhile True:\n    for _ in range(10):\n        i += 1\n        print('y' * 100, i, flush=True)\n    time.sleep(0.01)", "resources": {"timeout_s": 300}}"#)
+        try s.waitRunning(id)
+        let streams = try (0..<5).map { _ in try SSEClient.start("\(s.baseURL)/v1/workloads/\(id)/logs", ["--summary", "--count", "10"]) }
+        try s.waitForSubscribers(50)
+        usleep(700_000)
+        _ = s.stop(signal: SIGKILL)
+        var lasts: [Int64] = []
+        for stream in streams {
+            for c in try stream.wait()["connections"]?.arrayValue ?? [] {
+                #expect(c["in_order"] == .bool(true) && c["ended"] == .bool(false), "\(c)")
+                lasts.append(c["last"]?.int64Value ?? 0)
+            }
+        }
+        #expect(lasts.count == 50)
+        let again = try KilnServer.start(db: db)
+        let r = try again.json("GET", "/v1/workloads/\(id)").1
+        #expect(r["status"] == .string("failed") && r["error"] == .string("server restarted"), "\(r.text)")
+        let stored = r["log_lines"]?.int64Value ?? -1
+        #expect(lasts.max() ?? 0 > 0, "no client got a line")
+        #expect(lasts.allSatisfy { $0 <= stored }, "clients held up to \(lasts.max() ?? 0); the store has \(stored)")
+        // A client resuming just before its last line gets the rest of the stored log, then
+        // the end (at the stored end itself the answer is 204: nothing more will come).
+        let from = max(0, (lasts.min() ?? 1) - 1)
+        let resumed = try SSEClient.run("\(again.baseURL)/v1/workloads/\(id)/logs", ["--summary", "--header", "Last-Event-ID: \(from)"])
+        let c = resumed["connections"]?.arrayValue?.first ?? .null
+        #expect(c["ended"] == .bool(true) && c["in_order"] == .bool(true) && c["first"]?.int64Value == from + 1, "\(c)")
+    }
+
     @Test func aSynchronousRequestInFlightAtSIGTERMGetsItsAnswer() throws {
         let s = try KilnServer.start()
         let answer = ResultList()

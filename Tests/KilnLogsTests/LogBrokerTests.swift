@@ -117,6 +117,7 @@ import KilnCore
         broker.publish("w", Array(stored[0..<20]))
         broker.markPersisted("w", upTo: 20)
         broker.publish("w", Array(stored[20...]))
+        broker.markPersisted("w", upTo: 30)
         #expect(encoded.value == 30)
         // Lines 1-20 are persisted and the window keeps 10 lines: 1-20 come from history.
         let sub = broker.subscription("w", after: 0)!
@@ -174,14 +175,36 @@ import KilnCore
         #expect(got == Array(1...200))
     }
 
-    @Test func unpersistedLinesStayInMemory() {
-        let broker = LogBroker(windowLines: 2) { _, _, _ in [] }
+    /// With a store behind it, the stored log is the truth: a published line reaches no
+    /// reader until it is stored, the store's commit wakes the waiters, and a line not yet
+    /// stored stays in memory whatever the window's size (the store has nothing to give).
+    @Test func aLineIsSeenOnlyOnceItIsStored() {
+        let store = Locked<[LogLine]>([])
+        let broker = LogBroker(windowLines: 2) { _, after, limit in store.withLock { Array($0.filter { $0.seq > after }.prefix(limit)) } }
         broker.open("w")
-        broker.publish("w", (1...10).map { line(Int64($0)) })
+        let sub = broker.subscription("w", after: 0)!
+        let woken = DispatchSemaphore(value: 0)
+        sub.setWaker { woken.signal() }
+        let lines = (1...10).map { line(Int64($0)) }
+        broker.publish("w", lines)
+        guard case .wait = sub.next(max: 100) else { Issue.record("an unstored line was read"); return }
+        #expect(broker.log("w")?.lastSeq == 0)
+        store.withLock { $0 = Array(lines[0..<4]) }
         broker.markPersisted("w", upTo: 4)
-        let sub = broker.subscription("w", after: 4)!
-        guard case .lines(let ls) = sub.next(max: 100) else { Issue.record("expected lines"); return }
-        #expect(ls.map(\.seq) == [5, 6, 7, 8, 9, 10])
+        #expect(woken.wait(timeout: .now() + 10) == .success, "storing lines did not wake the reader")
+        var got: [Int64] = []
+        while case .lines(let ls) = sub.next(max: 100) { got += ls.map(\.seq) }
+        #expect(got == [1, 2, 3, 4])
+        #expect(broker.log("w")?.lastSeq == 4)
+        // 5-10 are not in the store: only memory has them, past the window of 2.
+        store.withLock { $0 = lines }
+        broker.markPersisted("w", upTo: 10)
+        let late = broker.subscription("w", after: 4)!
+        while case .lines(let ls) = late.next(max: 100) { got += ls.map(\.seq) }
+        #expect(got == (1...10).map { Int64($0) })
+        // The end comes after the last stored line.
+        broker.close("w", end: EndInfo(status: .completed, exitCode: 0, error: nil, logLines: 10))
+        guard case .end(_, 10) = late.next() else { Issue.record("expected the end at 10"); return }
     }
 
     @Test func readsStayWithinTheirByteBudget() {

@@ -114,12 +114,14 @@ import KilnCore
         let broker = LogBroker(history: { _, _, _ in [] }, ending: { _ in nil })
         broker.open("w")
         broker.publish("w", (1...5).map(line))
+        broker.markPersisted("w", upTo: 5)
         let c = broker.cursor("w", after: 2)
         #expect(c.isLive)
         let (seqs, wait) = drain(c)
         #expect(seqs == [3, 4, 5])
         guard case .wait = wait else { Issue.record("expected wait, got \(wait)"); return }
         broker.publish("w", [line(6)])
+        broker.markPersisted("w", upTo: 6)
         broker.close("w", end: EndInfo(status: .failed, exitCode: 1, error: "x", logLines: 6))
         let (more, end) = drain(c)
         #expect(more == [6])
@@ -135,6 +137,7 @@ import KilnCore
         guard case .wait = c.next() else { Issue.record("expected wait"); return }
         broker.open("w")
         broker.publish("w", [line(1)])
+        broker.markPersisted("w", upTo: 1)
         // The cursor looks again shortly (its waker is called), then reads the live log.
         let deadline = Date().addingTimeInterval(10)
         while !woken.value && Date() < deadline { usleep(5_000) }
