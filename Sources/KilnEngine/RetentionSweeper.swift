@@ -40,6 +40,22 @@ public final class RetentionSweeper: Sendable {
         queue.sync {}
     }
 
+    /// Returns the freed pages to the file system, 4 MiB at a time, so that writers wait
+    /// at most one short step behind it.
+    func reclaim() {
+        var bytes = 0
+        do {
+            while true {
+                let step = try store.reclaimSpace(maxPages: 1024)
+                bytes += step
+                if step == 0 { break }
+            }
+        } catch {
+            logger.error("retention: cannot reclaim free space: \(error)")
+        }
+        if bytes > 0 { logger.info("retention: gave \(bytes >> 20) MiB back to the file system") }
+    }
+
     /// One sweep; how many workloads it deleted.
     @discardableResult
     public func sweep(now: Int64 = Millis.now()) -> Int {
@@ -53,7 +69,10 @@ public final class RetentionSweeper: Sendable {
         } catch {
             logger.error("retention sweep failed: \(error)")
         }
-        if total > 0 { logger.info("retention: deleted \(total) finished workloads") }
+        if total > 0 {
+            logger.info("retention: deleted \(total) finished workloads")
+            reclaim()
+        }
         return total
     }
 }

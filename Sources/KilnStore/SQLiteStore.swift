@@ -25,6 +25,7 @@ public final class SQLiteStore: WorkloadStore {
             } else {
                 let folder = URL(fileURLWithPath: path).deletingLastPathComponent().path
                 try FileManager.default.createDirectory(atPath: folder, withIntermediateDirectories: true)
+                try SQLiteStore.createWithIncrementalVacuum(path)
                 db = try DatabasePool(path: path, configuration: config)
             }
             if let migrateUpTo {
@@ -35,6 +36,21 @@ public final class SQLiteStore: WorkloadStore {
         } catch {
             throw StoreError.cannotOpen("cannot open database \(path): \(error)")
         }
+    }
+
+    /// A new database file gets `auto_vacuum = INCREMENTAL`, so pages freed by purges and
+    /// retention can go back to the file system (`reclaimSpace`). SQLite takes the setting
+    /// only while the file has no page yet, before WAL mode writes its header, hence a
+    /// rollback-journal connection first. An existing file is left as it is (an older
+    /// database keeps its size unless VACUUMed once with the setting).
+    static func createWithIncrementalVacuum(_ path: String) throws {
+        guard !FileManager.default.fileExists(atPath: path) else { return }
+        let queue = try DatabaseQueue(path: path)
+        try queue.writeWithoutTransaction { db in
+            try db.execute(sql: "PRAGMA auto_vacuum = INCREMENTAL")
+            try db.execute(sql: "VACUUM")
+        }
+        try queue.close()
     }
 
     static var migrator: DatabaseMigrator {
@@ -235,6 +251,24 @@ public final class SQLiteStore: WorkloadStore {
             try db.execute(sql: "INSERT OR REPLACE INTO write_probe (id, at, pad) VALUES (1, ?, randomblob(65536))",
                            arguments: [Millis.now()])
         }
+    }
+
+    /// Gives up to `maxPages` free pages back to the file system (incremental vacuum),
+    /// then checkpoints so the WAL shrinks too; the bytes returned. Each call is one short
+    /// write, so a sweep can call it in steps without holding writers up for long.
+    public func reclaimSpace(maxPages: Int) throws -> Int {
+        let pageSize = try db.read { db in try Int.fetchOne(db, sql: "PRAGMA page_size") ?? 4096 }
+        let freed = try db.writeWithoutTransaction { db -> Int in
+            let before = try Int.fetchOne(db, sql: "PRAGMA freelist_count") ?? 0
+            guard before > 0 else { return 0 }
+            try db.execute(sql: "PRAGMA incremental_vacuum(\(max(1, maxPages)))")
+            let after = try Int.fetchOne(db, sql: "PRAGMA freelist_count") ?? 0
+            return before - after
+        }
+        if freed > 0, let pool = db as? DatabasePool {
+            _ = try? pool.writeWithoutTransaction { db in try db.checkpoint(.truncate) }
+        }
+        return freed * pageSize
     }
 
     // MARK: Log lines

@@ -33,6 +33,8 @@ public protocol WorkloadStore: Sendable {
     func purgeFinished(before cutoff: Int64, limit: Int, chunk: Int) throws -> Int
     /// A small real write, to learn whether the store accepts writes again after a failure.
     func checkWritable() throws
+    /// Gives up to `maxPages` pages freed by deletions back to the file system; the bytes.
+    func reclaimSpace(maxPages: Int) throws -> Int
 }
 
 extension WorkloadStore {

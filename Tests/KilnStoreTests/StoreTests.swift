@@ -343,4 +343,32 @@ import KilnCore
         try checkStats(store, [nil, "default"])
         #expect(try store.stats().total == 4 && store.stats().logLinesTotal == 9)
     }
+
+    /// Space freed by a purge goes back to the file system (incremental vacuum), not only
+    /// to SQLite's free list: a retention sweep shrinks the file.
+    @Test func purgedSpaceIsReclaimed() throws {
+        let file = path()
+        let store = try SQLiteStore(path: file)
+        let id = try make(store, .running)
+        let text = String(repeating: "z", count: 200)
+        for batch in 0..<25 {
+            try store.appendLines(id, (1...2000).map { LogLine(seq: Int64(batch * 2000 + $0), stream: .stdout, ts: 0, line: text) })
+        }
+        try store.transition(id, to: .completed)
+        func size() -> Int {
+            [file, file + "-wal"].compactMap { try? FileManager.default.attributesOfItem(atPath: $0)[.size] as? Int }.reduce(0, +)
+        }
+        _ = try store.reclaimSpace(maxPages: 1)  // a checkpoint, so the lines are in the file
+        let full = size()
+        #expect(full > 10 << 20, "\(full) bytes with 50,000 lines of 200 bytes")
+        #expect(try store.purge(id))
+        var freed = 0
+        while true {
+            let step = try store.reclaimSpace(maxPages: 256)
+            if step == 0 { break }
+            freed += step
+        }
+        #expect(freed > 9 << 20)
+        #expect(size() < full / 4, "\(size()) bytes after the purge, \(full) before")
+    }
 }
