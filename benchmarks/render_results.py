@@ -164,6 +164,8 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--bench", default=os.path.join(HERE, "results", "latest.json"))
     ap.add_argument("--reliability", default=os.path.join(HERE, "results", "reliability.json"))
+    ap.add_argument("--limits", default=os.path.join(HERE, "results", "b6.json"),
+                    help="B6 from a run of its own (`kiln-bench run b6 --out results/b6.json`), used when --bench has no B6")
     ap.add_argument("--notes", default=os.path.join(HERE, "results-notes.md"),
                     help="hand-written analysis appended as is (what limits each missed target)")
     ap.add_argument("--out", default=os.path.join(HERE, "RESULTS.md"))
@@ -171,6 +173,7 @@ def main():
 
     bench = load(args.bench)
     rel = load(args.reliability)
+    limits_doc = load(args.limits)
     if bench is None and rel is None:
         sys.exit(f"no results: run `make bench` first ({args.bench}, {args.reliability})")
 
@@ -199,13 +202,24 @@ def main():
     lines.append("")
 
     if bench:
-        own = [c for c in bench.get("cases", []) if c.get("benchmark") != "B5"]
+        own = [c for c in bench.get("cases", []) if c.get("benchmark") not in ("B5", "B6")]
         peer = [c for c in bench.get("cases", []) if c.get("benchmark") == "B5"]
+        limits = [c for c in bench.get("cases", []) if c.get("benchmark") == "B6"]
+        limits_note = ""
+        if not limits and limits_doc:
+            limits = [c for c in limits_doc.get("cases", []) if c.get("benchmark") == "B6"]
+            limits_note = (f"Run on its own, {limits_doc.get('started_at', '?')} → {limits_doc.get('finished_at', '?')}"
+                           f"{' (quick sizes)' if limits_doc.get('quick') else ''}: {machine_line(limits_doc)}.")
         missed = [f"{c['benchmark']} {c['case']}: {m['name']}"
-                  for c in own + peer for m in c.get("metrics", []) if m.get("target") and not m.get("met")]
+                  for c in own + peer + limits for m in c.get("metrics", []) if m.get("target") and not m.get("met")]
         lines += ["## Benchmarks B1–B4", "", table(own), ""]
         if peer:
             lines += ["## B5: Kiln against a Hummingbird 2 peer (same run)", "", table(peer, peer=True), ""]
+        if limits:
+            lines += ["## B6: limits under a flood, retention, history at scale", ""]
+            if limits_note:
+                lines += [limits_note, ""]
+            lines += [table(limits), ""]
         lines += ["### Targets missed", ""]
         lines += [f"- {x}" for x in missed] or ["- none"]
         lines.append("")

@@ -217,7 +217,7 @@ public final class KilnAPI: HTTPResponder, @unchecked Sendable {
         let promise = sync ? HTTPPromise() : nil
         var onFinish: Engine.Completion? = nil
         // The answer (up to 1 MiB of output) is encoded on the store queue, not on the
-        // engine's writer queue that reports the end.
+        // engine's writer that reports the end.
         if let promise { onFinish = { [storeQueue] record in storeQueue.async { promise.resolve(.json(200, record.json)) } } }
         let record = try engine.submit(submission, onFinish: onFinish)
         if let promise { return .later(promise) }

@@ -100,7 +100,7 @@ extension Engine {
 
     /// Deletes a workload's record and log. A pending or running one is killed first, and
     /// deleted once its terminal state is stored (its streams get their `end` before).
-    /// `onDone` runs on the engine's writer queue, or at once for a finished workload.
+    /// `onDone` runs on the engine's writer, or at once for a finished workload.
     public func purge(_ id: String, onDone: @escaping @Sendable (Result<Void, EngineError>) -> Void) throws(EngineError) {
         let store = self.store
         let delete: @Sendable () -> Void = {

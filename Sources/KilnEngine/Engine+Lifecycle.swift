@@ -66,7 +66,7 @@ extension Engine {
         let lines = writer.lastSeq
         let logTruncated = writer.logTruncated
         let exitCode = result.exitCode
-        writerQueue.async { [self] in
+        storeWriter.async(id) { [self] in
             storeEnd(job, PendingEnd(status: status, error: error) { r in
                 r.exitCode = exitCode
                 r.outputJSON = output.0
@@ -83,7 +83,7 @@ extension Engine {
         switch cancel {
         case .killed: return (.killed, "killed by request")
         case .shutdown: return (.failed, "server shutdown")
-        // The writer queue words it with the store's own error (`storeEnd`).
+        // The writer words it with the store's own error (`storeEnd`).
         case .storage: return (.failed, "cannot store the log")
         case nil: break
         }
@@ -98,7 +98,7 @@ extension Engine {
     /// Ends a workload that never ran (killed or failed while pending).
     func finishUnstarted(_ job: Job, status: WorkloadStatus, error: String) {
         let at = Millis.now()
-        writerQueue.async { [self] in
+        storeWriter.async(job.spec.id) { [self] in
             storeEnd(job, PendingEnd(status: status, error: error) { r in r.finishedAt = at })
         }
     }
@@ -122,7 +122,7 @@ extension Engine {
         guard let last = lines.last?.seq else { return }
         let bytes = StoreBacklog.cost(lines)
         backlog.admit(id, bytes: bytes)
-        writerQueue.async { [self] in
+        storeWriter.async(id) { [self] in
             defer { backlog.release(id, bytes: bytes) }
             // Lines after one the store refused wait behind it, so the log stays gap-free.
             if holdIfBehind(id, lines) { return }

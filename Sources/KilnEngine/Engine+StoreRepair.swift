@@ -33,8 +33,8 @@ struct HeldWrites: Sendable {
 
 /// Storage errors (SPEC §8): writes the store refused are held, the workload whose lines
 /// failed is stopped, every waiter gets a terminal record at once, and a repair pass on the
-/// writer queue stores what is held as soon as the store accepts writes again, then clears
-/// `health`: recovery without a restart. Everything here runs on `writerQueue`.
+/// writer stores what is held as soon as the store accepts writes again, then clears
+/// `health`: recovery without a restart. Everything here runs on the writer (`FairWriter`).
 extension Engine {
     /// A batch of `id`'s lines was refused: hold it, say the store is failing, and stop the
     /// workload (its later output is discarded by its writer, so what is held stays small).
@@ -162,13 +162,15 @@ extension Engine {
     /// At most one repair pass is scheduled at a time.
     func scheduleRepair() {
         guard repairScheduled.withLock({ s in defer { s = true }; return !s }) else { return }
-        writerQueue.asyncAfter(deadline: .now() + Engine.repairInterval) { [self] in
+        storeWriter.asyncAfter(Engine.repairInterval, Engine.repairKey) { [self] in
             repairScheduled.withLock { $0 = false }
             repair()
         }
     }
 
     static let repairInterval: DispatchTimeInterval = .milliseconds(500)
+    /// The repair pass's turn on the writer (no workload id is empty).
+    static let repairKey = ""
 
     /// One repair pass: every held write in id order, then a probe write; the store is
     /// healthy again only when all of them went through. Otherwise the next pass is scheduled.

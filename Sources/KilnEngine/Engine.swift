@@ -20,9 +20,10 @@ public final class Engine: @unchecked Sendable {
     /// Each backend, probed when first needed (`capability(_:)`, `capabilities`).
     let probes: BackendProbes
     let ids = ULIDGenerator()
-    /// All store writes of log batches and terminal states, in order.
-    let writerQueue = DispatchQueue(label: "kiln.store-writer")
-    /// What of the writer queue's work is log lines, bounded (backpressure on the readers).
+    /// All store writes of log batches and terminal states: in order per workload, and
+    /// workloads in turn (`FairWriter`).
+    let storeWriter = FairWriter()
+    /// What of the writer's work is log lines, bounded (backpressure on the readers).
     let backlog: StoreBacklog
     /// Whether the store accepts writes; what it refused waits in `held` (`Engine+StoreRepair`).
     public let health = StorageHealth()
@@ -85,7 +86,7 @@ public final class Engine: @unchecked Sendable {
             _ = idle.wait(until: min(deadline, Date().addingTimeInterval(0.05)))
         }
         idle.unlock()
-        writerQueue.sync {}
+        storeWriter.waitUntilIdle()
         for b in probes.backends { b.shutdown() }
     }
 }

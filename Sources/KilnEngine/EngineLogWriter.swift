@@ -94,6 +94,10 @@ final class EngineLogWriter: LogWriter {
         let line = LogLine(seq: lastSeq, stream: stream, ts: now, line: text)
         fresh.append(line)
         batch.append(line)
+        // A batch is one turn of the store's writer: kept to `batchLines` even when one read
+        // of the pipe holds many more lines (64 KiB of `seq` output is 10,000), so that
+        // other workloads' writes wait for a short batch, not a long one.
+        if batch.count >= EngineLogWriter.batchLines { publishFresh() }
     }
 
     private func publishFresh() {

@@ -4,13 +4,13 @@ import KilnCore
 /// Log lines handed to the store and not stored yet, bounded per workload and in total.
 ///
 /// A workload's lines are read on its own lane thread, which hands each batch to the
-/// store's writer queue. Before, nothing slowed that thread down: 20,000,000 lines took the
+/// store's writer. Before, nothing slowed that thread down: 20,000,000 lines took the
 /// server from 54 MB to 3.39 GB while the store caught up. Now handing a batch over waits
 /// while the workload (or the server) has too much unstored, so the thread stops reading
 /// the workload's pipes and the workload's own writes block: the kernel's pipe buffer is
 /// the only buffer that grows with a fast printer. One flooding workload holds at most
-/// `perWorkload` bytes of the writer queue, so the others' lines and final states wait
-/// behind that much at most.
+/// `perWorkload` bytes of the writer's work; the writer takes workloads in turn
+/// (`FairWriter`), so the others' lines and final states wait for one of its batches at most.
 final class StoreBacklog: Sendable {
     /// What a line costs here besides its text (the LogLine and array slot).
     static let lineOverhead = 64

@@ -212,9 +212,15 @@ public final class WorkloadLog: @unchecked Sendable {
         for l in lines { liveBytes += memory(l) }
         lastSeqValue = lines.last!.seq
         guard history == nil else {
-            // Seen once stored (`markPersisted`).
+            // Seen once stored (`markPersisted`), unless the store was quicker than this.
+            guard min(persisted, lastSeqValue) > visible else {
+                trim()
+                lock.unlock()
+                return
+            }
+            visible = min(persisted, lastSeqValue)
             trim()
-            lock.unlock()
+            wakeWaiters()
             return
         }
         visible = lastSeqValue

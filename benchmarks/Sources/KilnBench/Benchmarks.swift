@@ -23,6 +23,9 @@ struct BenchConfig {
     var b3Runs16 = 2_000
     // B4
     var b4Lines = 1_000_000
+    // B6
+    var b6FloodLines = 20_000_000
+    var b6Workloads = 1_000_000
     // B5 (its B1 and B2 parts use the B1 and B2 settings)
     var b5WrkSeconds = 10
     var b5WrkConnections = 64

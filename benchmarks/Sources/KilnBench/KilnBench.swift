@@ -17,7 +17,7 @@ struct RunCommand: ParsableCommand {
         abstract: "Start a Kiln server per benchmark, run the chosen benchmarks, print a table, write JSON."
     )
 
-    @Argument(help: "Benchmarks to run: b1 b2 b3 b4 b5, or all.")
+    @Argument(help: "Benchmarks to run: b1 b2 b3 b4 b5 b6, or all.")
     var benchmarks: [String] = ["all"]
 
     @OptionGroup var common: CommonOptions
@@ -89,14 +89,14 @@ struct RunCommand: ParsableCommand {
         cfg.perProcess = perProcess
         cfg.loops = loops
         cfg.waitIdle = waitIdle
-        let chosen = try selectNames(benchmarks, from: ["b1", "b2", "b3", "b4", "b5"], what: "benchmarks")
+        let chosen = try selectNames(benchmarks, from: ["b1", "b2", "b3", "b4", "b5", "b6"], what: "benchmarks")
         log("kiln binary: \(cfg.kiln)\(quick ? " (quick sizes)" : "")")
 
         let bench = Bench(cfg)
         let started = Date()
         let loadBefore = loadAverage()
         var cases: [CaseResult] = []
-        for b in ["b1", "b2", "b3", "b4", "b5"] where chosen.contains(b) {
+        for b in ["b1", "b2", "b3", "b4", "b5", "b6"] where chosen.contains(b) {
             let busy = waitIdle > 0 ? waitForQuietMachine(maxSeconds: waitIdle) : machineBusy(over: 1)
             let a = machineTicks()
             let t0 = monoNs()
@@ -106,6 +106,7 @@ struct RunCommand: ParsableCommand {
             case "b2": got = bench.b2()
             case "b3": got = bench.b3()
             case "b4": got = bench.b4()
+            case "b6": got = bench.b6()
             default: got = bench.b5()
             }
             let z = machineTicks()
