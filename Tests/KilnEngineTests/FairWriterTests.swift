@@ -10,8 +10,10 @@ import KilnCore
         let writer = FairWriter()
         let order = Locked<[String]>([])
         let gate = DispatchSemaphore(value: 0)
-        // The first write holds the writer until everything below is queued.
-        writer.async("flood") { gate.wait(); order.withLock { $0.append("flood-0") } }
+        let running = DispatchSemaphore(value: 0)
+        // The first write holds the writer, running, until everything below is queued.
+        writer.async("flood") { running.signal(); gate.wait(); order.withLock { $0.append("flood-0") } }
+        running.wait()
         for i in 1..<100 { writer.async("flood") { order.withLock { $0.append("flood-\(i)") } } }
         writer.async("small") { order.withLock { $0.append("small-batch") } }
         writer.async("small") { order.withLock { $0.append("small-end") } }
@@ -23,8 +25,8 @@ import KilnCore
         #expect(ran.filter { $0.hasPrefix("flood") } == (0..<100).map { "flood-\($0)" })
         let smallEnd = ran.firstIndex(of: "small-end") ?? 999
         #expect(ran.firstIndex(of: "small-batch")! < smallEnd)
-        // flood-0 (its turn was taken before the others queued), flood-1, small-batch, other,
-        // flood-2, small-end: three flood writes before it, not 100.
+        // flood-0 (running while the rest queued), flood-1, small-batch, other, flood-2,
+        // small-end: three flood writes before it, not 100.
         #expect(smallEnd == 5, "\(ran.prefix(8))")
         #expect((ran.firstIndex(of: "other") ?? 999) <= 3)
     }
