@@ -66,7 +66,7 @@ extension Engine {
         let lines = writer.lastSeq
         let logTruncated = writer.logTruncated
         let exitCode = result.exitCode
-        storeWriter.async(id) { [self] in
+        storeWriter.async(id, urgent: true) { [self] in
             storeEnd(job, PendingEnd(status: status, error: error) { r in
                 r.exitCode = exitCode
                 r.outputJSON = output.0
@@ -98,7 +98,7 @@ extension Engine {
     /// Ends a workload that never ran (killed or failed while pending).
     func finishUnstarted(_ job: Job, status: WorkloadStatus, error: String) {
         let at = Millis.now()
-        storeWriter.async(job.spec.id) { [self] in
+        storeWriter.async(job.spec.id, urgent: true) { [self] in
             storeEnd(job, PendingEnd(status: status, error: error) { r in r.finishedAt = at })
         }
     }
@@ -118,17 +118,18 @@ extension Engine {
 
     /// Stores a batch of lines, then lets the broker drop them from memory. Called on the
     /// workload's reader thread, which waits here while too much is unstored (`StoreBacklog`).
-    func persist(_ id: String, _ lines: [LogLine]) {
-        guard let last = lines.last?.seq else { return }
+    func persist(_ id: String, _ lines: [LogLine], last: Bool = false) {
+        guard let lastSeq = lines.last?.seq else { return }
         let bytes = StoreBacklog.cost(lines)
         backlog.admit(id, bytes: bytes)
-        storeWriter.async(id) { [self] in
+        // A workload's last batch goes ahead of other workloads' bulk, as its end does.
+        storeWriter.async(id, urgent: last) { [self] in
             defer { backlog.release(id, bytes: bytes) }
             // Lines after one the store refused wait behind it, so the log stays gap-free.
             if holdIfBehind(id, lines) { return }
             do {
                 try store.appendLines(id, lines)
-                broker.markPersisted(id, upTo: last)
+                broker.markPersisted(id, upTo: lastSeq)
             } catch {
                 logBatchFailed(id, lines, error)
             }

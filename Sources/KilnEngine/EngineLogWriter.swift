@@ -71,7 +71,7 @@ final class EngineLogWriter: LogWriter {
         out.finish { add(.stdout, $0) }
         err.finish { add(.stderr, $0) }
         publishFresh()
-        flush()
+        flush(last: true)
     }
 
     /// Keeps a line, unless the workload's log is over its limit: the line that would
@@ -107,10 +107,10 @@ final class EngineLogWriter: LogWriter {
         if batch.count >= EngineLogWriter.batchLines { flush() } else { tick() }
     }
 
-    private func flush() {
+    private func flush(last: Bool = false) {
         lastFlush = DispatchTime.now().uptimeNanoseconds
         guard !batch.isEmpty else { return }
-        engine.persist(id, batch)
+        engine.persist(id, batch, last: last)
         batch = []
     }
 }

@@ -8,11 +8,17 @@ import KilnCore
 /// one write, then goes to the back. So a trivial workload's one batch and its end wait
 /// for at most one batch of each flooding workload, not for everything a flood has queued
 /// (it waited behind up to 4 MiB of another workload's lines: `echo hi` took 29 times as
-/// long during a flood, B6). Written by hand: a serial DispatchQueue is FIFO across every
+/// long during a flood, B6). An `urgent` write (a terminal status, a workload's last
+/// batch) puts its workload at the front of the turns, so a finishing workload's answer
+/// waits for the one write in progress, not for a turn of every flood. Written by hand: a serial DispatchQueue is FIFO across every
 /// workload, and a pool of queues would let two writes contend for SQLite's one writer.
 final class FairWriter: Sendable {
+    private struct Write {
+        var urgent: Bool
+        var run: @Sendable () -> Void
+    }
     private struct State {
-        var lanes: [String: [@Sendable () -> Void]] = [:]
+        var lanes: [String: [Write]] = [:]
         /// Workloads with writes waiting, in turn order.
         var turns: [String] = []
         var draining = false
@@ -24,11 +30,13 @@ final class FairWriter: Sendable {
     private let queue = DispatchQueue(label: "kiln.store-writer")
 
     /// Queues `work` behind `key`'s earlier writes.
-    func async(_ key: String, _ work: @escaping @Sendable () -> Void) {
+    func async(_ key: String, urgent: Bool = false, _ work: @escaping @Sendable () -> Void) {
         idle.lock()
         let start = state.withLock { s -> Bool in
-            if s.lanes[key] == nil { s.turns.append(key) }
-            s.lanes[key, default: []].append(work)
+            if s.lanes[key] == nil {
+                if urgent { s.turns.insert(key, at: 0) } else { s.turns.append(key) }
+            }
+            s.lanes[key, default: []].append(Write(urgent: urgent, run: work))
             defer { s.draining = true }
             return !s.draining
         }
@@ -68,9 +76,9 @@ final class FairWriter: Sendable {
                 s.lanes[key] = nil
             } else {
                 s.lanes[key] = lane
-                s.turns.append(key)
+                if lane[0].urgent { s.turns.insert(key, at: 0) } else { s.turns.append(key) }
             }
-            return first
+            return first.run
         }
         if work == nil { idle.broadcast() }
         return work

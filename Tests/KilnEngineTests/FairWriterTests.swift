@@ -31,6 +31,26 @@ import KilnCore
         #expect((ran.firstIndex(of: "other") ?? 999) <= 3)
     }
 
+    /// An urgent write (a terminal status, a last batch) puts its workload first: it waits
+    /// only for the write in progress.
+    @Test func urgentWritesGoFirst() {
+        let writer = FairWriter()
+        let order = Locked<[String]>([])
+        let gate = DispatchSemaphore(value: 0)
+        let running = DispatchSemaphore(value: 0)
+        writer.async("flood") { running.signal(); gate.wait(); order.withLock { $0.append("flood-0") } }
+        running.wait()
+        for i in 1..<50 { writer.async("flood") { order.withLock { $0.append("flood-\(i)") } } }
+        writer.async("other") { order.withLock { $0.append("other") } }
+        writer.async("done", urgent: true) { order.withLock { $0.append("done-batch") } }
+        writer.async("done", urgent: true) { order.withLock { $0.append("done-end") } }
+        gate.signal()
+        writer.waitUntilIdle()
+        let ran = order.withLock { $0 }
+        #expect(Array(ran.prefix(3)) == ["flood-0", "done-batch", "done-end"], "\(ran.prefix(6))")
+        #expect(ran.filter { $0.hasPrefix("flood") } == (0..<50).map { "flood-\($0)" })
+    }
+
     @Test func waitUntilIdleWaitsForWritesQueuedByWrites() {
         let writer = FairWriter()
         let done = Locked(0)
