@@ -36,6 +36,14 @@ public final class SQLiteStore: WorkloadStore {
         } catch {
             throw StoreError.cannotOpen("cannot open database \(path): \(error)")
         }
+        // Refused at start rather than failing the first workload: a read-only file, folder
+        // or file system opens and migrates (nothing to write) but cannot take a write.
+        do {
+            if migrateUpTo == nil { try checkWritable() }
+        } catch {
+            let folder = URL(fileURLWithPath: path).deletingLastPathComponent().path
+            throw StoreError.cannotOpen("database \(path) cannot be written (is the file, its folder \(folder) or its file system read-only?): \(error)")
+        }
     }
 
     /// A new database file gets `auto_vacuum = INCREMENTAL`, so pages freed by purges and

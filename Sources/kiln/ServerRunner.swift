@@ -12,6 +12,11 @@ import Logging
 /// The composition root of `kiln serve`: builds the store, broker, backends, engine, API
 /// and HTTP daemon, and takes them down in order. Signals and the process exit belong to
 /// `ServeCommand`.
+/// A start-up failure, worded for the operator.
+struct StartError: Error, CustomStringConvertible {
+    var description: String
+}
+
 final class ServerRunner: Sendable {
     static let version = "0.1.0"
     let config: ServerConfig
@@ -50,8 +55,12 @@ final class ServerRunner: Sendable {
         // Work folders a killed server left may still be tmpfs mounts.
         Tmpfs.unmountAll(under: workRoot)
         try? FileManager.default.removeItem(atPath: workRoot)
-        try FileManager.default.createDirectory(atPath: workRoot, withIntermediateDirectories: true,
-                                                attributes: [.posixPermissions: 0o755])
+        do {
+            try FileManager.default.createDirectory(atPath: workRoot, withIntermediateDirectories: true,
+                                                    attributes: [.posixPermissions: 0o755])
+        } catch {
+            throw StartError(description: "cannot create the work folder \(workRoot): \((error as NSError).localizedDescription)")
+        }
         parts.withLock { $0.workRoot = workRoot }
         let backends: [any Backend] = [
             ProcessBackend(workRoot: workRoot),

@@ -10,9 +10,7 @@ import KilnTestSupport
        .timeLimit(.minutes(5)), .ownThread)
 struct StorageErrorTests {
     @Test func aFullDiskFailsTheFloodingWorkloadKeepsItsStoredLinesAndRecoversWithoutARestart() throws {
-        let mnt = KilnServer.tempDir("kiln-full-disk")
-        let (mounted, _, mountErr) = try Curl.exec("/bin/mount", ["-t", "tmpfs", "-o", "size=48m", "tmpfs", mnt])
-        try #require(mounted == 0, "mount: \(String(decoding: mountErr, as: UTF8.self))")
+        let mnt = try mountTmpfs("kiln-full-disk")
         defer { _ = try? Curl.exec("/bin/umount", ["-l", mnt]) }
         let s = try KilnServer.start(db: mnt + "/kiln.db")
         defer { _ = s.stop() }
@@ -57,8 +55,46 @@ struct StorageErrorTests {
         try waitFor(s, "/readyz", status: 200)
         let (_, after) = try s.json("GET", "/v1/workloads/\(id)")
         #expect(after["status"] == .string("failed") && after["error"] == record["error"], "\(after.text)")
-        let logLines = try #require(after["log_lines"]?.int64Value)
-        // Every line read is stored, in order, with no hole: 1...log_lines.
+        try expectGapFreeLog(s, id, after)
+        #expect(try s.run(#"{"runtime": "shell", "isolation": "process", "code": "echo back"}"#)["status"] == .string("completed"))
+    }
+
+    /// A database on a read-only file system is refused at start with one line naming the
+    /// cause and exit 2 (it opened, migrated nothing and would fail its first write), and
+    /// nothing is left behind; once writable, the same database starts.
+    @Test func aReadOnlyDatabaseIsRefusedAtStart() throws {
+        let mnt = try mountTmpfs("kiln-read-only")
+        defer { _ = try? Curl.exec("/bin/umount", ["-l", mnt]) }
+        let first = try KilnServer.start(db: mnt + "/kiln.db")
+        #expect(try first.run(#"{"runtime": "shell", "isolation": "process", "code": "echo kept"}"#)["status"] == .string("completed"))
+        #expect(first.stop() == 0)
+        try remount(mnt, "ro")
+        let before = try FileManager.default.contentsOfDirectory(atPath: mnt).sorted()
+        let (code, _, err) = try Curl.exec(KilnServer.binary, ["serve", "--db", mnt + "/kiln.db", "--listen", "127.0.0.1:0"])
+        let message = String(decoding: err, as: UTF8.self)
+        #expect(code == 2, "exit \(code): \(message)")
+        #expect(message.split(separator: "\n").count == 1 && message.contains("cannot be written") && message.contains(mnt), "\(message)")
+        #expect(try FileManager.default.contentsOfDirectory(atPath: mnt).sorted() == before)
+        try remount(mnt, "rw")
+        let again = try KilnServer.start(db: mnt + "/kiln.db")
+        #expect(try again.json("GET", "/v1/workloads").1["workloads"]?.arrayValue?.count == 1)
+    }
+
+    private func mountTmpfs(_ name: String) throws -> String {
+        let mnt = KilnServer.tempDir(name)
+        let (mounted, _, mountErr) = try Curl.exec("/bin/mount", ["-t", "tmpfs", "-o", "size=48m", "tmpfs", mnt])
+        try #require(mounted == 0, "mount: \(String(decoding: mountErr, as: UTF8.self))")
+        return mnt
+    }
+
+    private func remount(_ mnt: String, _ mode: String) throws {
+        let (code, _, err) = try Curl.exec("/bin/mount", ["-o", "remount,\(mode)", mnt])
+        try #require(code == 0, "remount \(mode): \(String(decoding: err, as: UTF8.self))")
+    }
+
+    /// Every line read is stored, in order, with no hole: 1...log_lines.
+    private func expectGapFreeLog(_ s: KilnServer, _ id: String, _ record: JSON) throws {
+        let logLines = try #require(record["log_lines"]?.int64Value)
         var expected: Int64 = 1
         var next: Int64 = 0
         while true {
@@ -71,7 +107,6 @@ struct StorageErrorTests {
             next = n
         }
         #expect(expected - 1 == logLines, "the stored log has \(expected - 1) lines, the record says \(logLines)")
-        #expect(try s.run(#"{"runtime": "shell", "isolation": "process", "code": "echo back"}"#)["status"] == .string("completed"))
     }
 
     @Test func aDamagedDatabaseStopsTheServerAtStartAndIsLeftAsItWas() throws {

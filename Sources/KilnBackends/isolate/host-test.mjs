@@ -124,6 +124,25 @@ test('console lines arrive in order, on the right streams, before the result', a
   assert.deepEqual(r.after, [], 'nothing may follow the final message');
 });
 
+test('one console call sends at most 1 Mi characters, its group indentation counted', async () => {
+  const r = await host.run(id('indent'), `
+    export default () => {
+      for (let i = 0; i < 10; i++) console.group();
+      console.log('\\n'.repeat(1 << 20));
+      console.log('x'.repeat(1 << 20));
+      console.groupEnd();
+      return 1;
+    };
+  `);
+  assert.equal(result(r), 1);
+  assert.equal(r.logs.length, 2);
+  for (const e of r.logs) {
+    assert.ok(e.msg.line.length <= (1 << 20) + 64, `a call sent ${e.msg.line.length} characters`);
+    assert.match(e.msg.line, /more characters truncated\]$/);
+  }
+  assert.ok(r.logs[0].msg.line.startsWith(' '.repeat(20) + '\n'));
+});
+
 test('console lines are sent as they happen, not at the end', async () => {
   const r = await host.run(id('live'), `
     export default () => {

@@ -317,9 +317,26 @@ function kilnBootstrap(bridge) {
 
   // ---- console ------------------------------------------------------------------------------
   let indent = '';
+  // One console call sends at most MAX_LINE characters, its group indentation counted: the
+  // cap came before the indent, so a call of a million newlines ten groups deep sent 21 MB
+  // (and, split at its newlines, a million lines).
   function emit(stream, text) {
+    if (indent) {
+      const parts = text.split('\n');
+      const total = text.length + indent.length * parts.length;
+      if (total > MAX_LINE) {
+        let out = '';
+        for (const part of parts) {
+          out += (out ? '\n' : '') + indent + part;
+          if (out.length >= MAX_LINE) break;
+        }
+        text = out.slice(0, MAX_LINE) + ` ... [${total - MAX_LINE} more characters truncated]`;
+        host('log', stream, text);
+        return;
+      }
+      text = indent + parts.join('\n' + indent);
+    }
     if (text.length > MAX_LINE) text = text.slice(0, MAX_LINE) + ` ... [${text.length - MAX_LINE} more characters truncated]`;
-    if (indent) text = indent + text.split('\n').join('\n' + indent);
     host('log', stream, text);
   }
   const counts = new Map(), times = new Map();
