@@ -182,6 +182,34 @@ struct SandboxLimitsTests {
         for uid in uids { #expect((200_000...265_535).contains(uid ?? 0), "host uid \(uid ?? -1)") }
     }
 
+    /// Keys one workload adds to its user keyring are not visible to another workload in
+    /// /proc/keys (with one uid for all, the other saw every key's name).
+    @Test func oneWorkloadsKeysAreNotVisibleToAnother() throws {
+        let s = try IsolationServer.server(for: "sandbox")
+        let name = "kiln-key-\(UUID().uuidString.prefix(8))"
+        let holder = """
+            import ctypes, time
+            libc = ctypes.CDLL(None, use_errno=True)
+            # add_key(2) into the user keyring (KEY_SPEC_USER_KEYRING = -4)
+            serial = libc.syscall(248, b"user", b"\(name)", b"x", 1, -4)
+            print("added", serial, "seen" if "\(name)" in open("/proc/keys").read() else "unseen", flush=True)
+            time.sleep(30)
+            """
+        let first = try s.submit(JSON.object([("runtime", .string("python")), ("isolation", .string("sandbox")), ("code", .string(holder))]).text)
+        var added = ""
+        let deadline = Date().addingTimeInterval(30)
+        while added.isEmpty {
+            try #require(Date() < deadline, "the first workload did not report within 30 s")
+            added = try s.json("GET", "/v1/workloads/\(first)/logs/history").1["lines"]?.arrayValue?.first?["line"]?.stringValue ?? ""
+            if added.isEmpty { usleep(50_000) }
+        }
+        let other = try checks.run(s, "shell", "cat /proc/keys; echo end", [])
+        _ = try s.request("DELETE", "/v1/workloads/\(first)")
+        #expect(added.hasPrefix("added ") && added.hasSuffix(" seen"), "\(added)")
+        #expect(other["output"]?.stringValue?.hasSuffix("end\n") == true, "\(other.text)")
+        #expect(other["output"]?.stringValue?.contains(name) == false, "another workload saw the key: \(other.text)")
+    }
+
     /// A private database folder (mode 0700) does not make the sandbox unavailable: the
     /// sandbox's uids cannot enter it, so state and work folders live elsewhere.
     @Test func theSandboxWorksWithAPrivateDatabaseFolder() throws {
