@@ -25,6 +25,7 @@ public final class SQLiteStore: WorkloadStore {
             } else {
                 let folder = URL(fileURLWithPath: path).deletingLastPathComponent().path
                 try FileManager.default.createDirectory(atPath: folder, withIntermediateDirectories: true)
+                if migrateUpTo == nil { try SQLiteStore.checkIntact(path) }
                 try SQLiteStore.createWithIncrementalVacuum(path)
                 db = try DatabasePool(path: path, configuration: config)
             }
@@ -59,6 +60,29 @@ public final class SQLiteStore: WorkloadStore {
             try db.execute(sql: "VACUUM")
         }
         try queue.close()
+    }
+
+    /// A damaged file (zeroed or torn pages) opened, migrated and said healthy, then failed
+    /// the first request that read the bad page; a file that is not SQLite at all failed on
+    /// its first query. Both are refused at start instead, through a read-only connection,
+    /// so the file is left exactly as it was. quick_check reads every page once (about a
+    /// second per GB).
+    static func checkIntact(_ path: String) throws {
+        guard FileManager.default.fileExists(atPath: path) else { return }
+        var config = Configuration()
+        config.readonly = true
+        let problems: [String]
+        do {
+            let queue = try DatabaseQueue(path: path, configuration: config)
+            problems = try queue.read { db in try String.fetchAll(db, sql: "PRAGMA quick_check(3)") }
+            try queue.close()
+        } catch {
+            throw StoreError.cannotOpen("database \(path) is damaged or not an SQLite database (\(error)); restore it from a backup, or move it away to start with an empty one")
+        }
+        guard problems == ["ok"] else {
+            let found = problems.joined(separator: "; ").replacingOccurrences(of: "\n", with: "; ")
+            throw StoreError.cannotOpen("database \(path) is damaged (\(found)); restore it from a backup, or move it away to start with an empty one")
+        }
     }
 
     static var migrator: DatabaseMigrator {

@@ -59,6 +59,32 @@ struct StorageErrorTests {
         #expect(try s.run(#"{"runtime": "shell", "isolation": "process", "code": "echo back"}"#)["status"] == .string("completed"))
     }
 
+    /// A database with zeroed pages (a torn disk, a bad copy) opened, said healthy and
+    /// failed later with 500; now it is refused at start, with one line and exit 2, and
+    /// left byte for byte as it was.
+    @Test func aDatabaseWithZeroedPagesIsRefusedAtStart() throws {
+        let dir = KilnServer.tempDir("kiln-zeroed")
+        let path = dir + "/kiln.db"
+        let s = try KilnServer.start(db: path)
+        _ = try s.run(#"{"runtime": "shell", "isolation": "process", "code": "seq 20000"}"#)
+        #expect(s.stop() == 0)
+        // Checkpoint the WAL into the file, then zero four pages in the middle of it.
+        let (checked, _, checkErr) = try Curl.exec("/usr/bin/env", ["python3", "-c", """
+            import sqlite3, sys
+            db = sqlite3.connect(sys.argv[1]); db.execute("PRAGMA wal_checkpoint(TRUNCATE)"); db.close()
+            f = open(sys.argv[1], "r+b"); f.seek(0, 2); pages = f.tell() // 4096
+            f.seek((pages // 2) * 4096); f.write(bytes(4 * 4096)); f.close()
+            print(pages)
+            """, path])
+        try #require(checked == 0, "\(String(decoding: checkErr, as: UTF8.self))")
+        let before = try Data(contentsOf: URL(fileURLWithPath: path))
+        let (code, _, err) = try Curl.exec(KilnServer.binary, ["serve", "--db", path, "--listen", "127.0.0.1:0"])
+        let message = String(decoding: err, as: UTF8.self)
+        #expect(code == 2, "exit \(code): \(message)")
+        #expect(message.split(separator: "\n").count == 1 && message.contains("is damaged") && message.contains(path), "\(message)")
+        #expect(try Data(contentsOf: URL(fileURLWithPath: path)) == before, "the damaged file was changed")
+    }
+
     /// A database on a read-only file system is refused at start with one line naming the
     /// cause and exit 2 (it opened, migrated nothing and would fail its first write), and
     /// nothing is left behind; once writable, the same database starts.
