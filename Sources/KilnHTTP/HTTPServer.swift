@@ -416,6 +416,8 @@ private let requestCompleted: MHD_RequestCompletedCallback = { cls, connection, 
 private let targetReceived: @convention(c) (UnsafeMutableRawPointer?, UnsafePointer<CChar>?, OpaquePointer?) -> UnsafeMutableRawPointer? = { _, uri, connection in
     guard let connection else { return nil }
     let raw = uri.map { p in Array(UnsafeBufferPointer(start: UnsafeRawPointer(p).assumingMemoryBound(to: UInt8.self), count: strlen(p))) }
+    // Kiln reads the query from `raw`; libmicrohttpd's own split of it could exhaust the pool.
+    if let uri { kiln_mhd_forget_query(uri) }
     return Unmanaged.passRetained(RequestState(connection: connection, rawTarget: raw)).toOpaque()
 }
 
