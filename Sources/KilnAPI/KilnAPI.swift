@@ -279,7 +279,8 @@ public final class KilnAPI: HTTPResponder, @unchecked Sendable {
         let limit = try Query.int(req, "limit", default: 50, range: 1...500)
         let status = try Query.enumValue(req, "status", WorkloadStatus.self)
         let isolation = try Query.enumValue(req, "isolation", Isolation.self)
-        if isolation == .auto { throw APIError.invalid("isolation", "isolation filters by the backend used: process, sandbox, gvisor or isolate") }
+        // The filter is the backend used, which is never `auto`: nothing matches (SPEC §3).
+        if isolation == .auto { return .json(200, .object([("workloads", .array([])), ("next_cursor", .null)])) }
         let runtime = try Query.enumValue(req, "runtime", Runtime.self)
         let cursor = req.query["cursor"]
         if let cursor, !ULIDGenerator.isValid(cursor) { throw APIError.invalid("cursor", "cursor is not a workload id") }

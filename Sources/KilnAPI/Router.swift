@@ -51,10 +51,23 @@ public struct Router: Sendable {
         var segments = target.segments[...]
         // One trailing slash is the same resource: `/v1/workloads/` is the list.
         if segments.count > 1, segments.last == "" { segments = segments.dropLast() }
-        var allowed: [String] = []
-        var allowedTemplate = ""
+        // The templates that fit with the most literal segments: `/v1/workloads/async` is
+        // the POST route's path, not a workload id, so PUT there is allowed POST only (its
+        // Allow listed GET and DELETE, which answered 404 there).
+        var fitting: [(Route, Parameters)] = []
+        var literals = -1
         for route in routes {
             guard let params = Router.bind(route.segments, segments) else { continue }
+            let n = route.segments.filter { !$0.hasPrefix("{") }.count
+            if n > literals {
+                fitting = []
+                literals = n
+            }
+            if n == literals { fitting.append((route, params)) }
+        }
+        var allowed: [String] = []
+        var allowedTemplate = ""
+        for (route, params) in fitting {
             if route.method == method || (method == "HEAD" && route.method == "GET") {
                 return .found(route, params)
             }

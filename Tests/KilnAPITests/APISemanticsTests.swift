@@ -85,6 +85,10 @@ import KilnTestSupport
         let wrongDelete = try s.request("POST", "/v1/workloads/abc")
         #expect(wrongDelete.status == 405)
         #expect(wrongDelete.header("Allow")?.contains("DELETE") == true)
+        // Allow lists only what works on the path: /v1/workloads/async is not a workload id.
+        let wrongAsync = try s.request("PUT", "/v1/workloads/async")
+        #expect(wrongAsync.status == 405 && wrongAsync.header("Allow") == "POST", "\(wrongAsync.header("Allow") ?? "no Allow")")
+        #expect(try s.request("GET", "/v1/workloads/async").status == 405)
     }
 
 
@@ -116,7 +120,10 @@ import KilnTestSupport
         #expect(process["workloads"]?.arrayValue?.count == 5)
         let (_, gvisor) = try s.json("GET", "/v1/workloads?isolation=gvisor")
         #expect(gvisor["workloads"]?.arrayValue?.isEmpty == true)
-        for bad in ["limit=0", "limit=501", "limit=x", "status=done", "runtime=go", "cursor=../x", "isolation=auto"] {
+        // isolation filters by the backend used, which is never auto: an empty page, not an error.
+        let (autoStatus, auto) = try s.json("GET", "/v1/workloads?isolation=auto")
+        #expect(autoStatus == 200 && auto["workloads"]?.arrayValue?.isEmpty == true)
+        for bad in ["limit=0", "limit=501", "limit=x", "status=done", "runtime=go", "cursor=../x", "isolation=nope"] {
             let r = try s.request("GET", "/v1/workloads?\(bad)")
             #expect(r.status == 422, "\(bad)")
         }
