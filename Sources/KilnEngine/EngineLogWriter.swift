@@ -24,7 +24,7 @@ final class EngineLogWriter: LogWriter {
     /// The log limit was reached: one marker line was kept, and nothing after it.
     private(set) var logTruncated = false
     private var now: Int64 = 0
-    static let batchLines = 2048
+    static let batchLines = 512
     static let batchNanos: UInt64 = 20_000_000
 
     init(id: String, engine: Engine, cancellation: Cancellation) {

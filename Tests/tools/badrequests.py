@@ -505,12 +505,10 @@ NOT_FOUND = [
     ("id_2500_chars", "GET", "/v1/workloads/" + "A" * 2500),
     ("id_percent_encoded_ulid_chars", "GET", "/v1/workloads/%30%31" + UNKNOWN[2:]),
     ("id_unicode", "GET", "/v1/workloads/%E2%98%83"),
-    ("id_async_get", "GET", "/v1/workloads/async"),
     ("async_extra_segment", "GET", "/v1/workloads/async/x"),
     ("logs_unknown_id", "GET", "/v1/workloads/%s/logs" % UNKNOWN),
     ("history_unknown_id", "GET", "/v1/workloads/%s/logs/history" % UNKNOWN),
     ("delete_unknown_id", "DELETE", "/v1/workloads/" + UNKNOWN),
-    ("delete_async_word", "DELETE", "/v1/workloads/async"),
     # Path traversal: nothing is normalised; an id is one segment and never a file path.
     ("traversal_dotdot_raw", "GET", "/v1/workloads/../../etc/passwd"),
     ("traversal_dotdot_to_healthz", "GET", "/v1/workloads/../healthz"),
@@ -537,6 +535,7 @@ NOT_FOUND = [
 ]
 for name, method, path in NOT_FOUND:
     add("routing", name, raw(method, path), 404, code="not_found")
+
 
 # -- 5b. request targets that are not origin-form or absolute-form: 400, never routed ---
 # (The first of these used to skip the token check and still reach the submit handler.)
@@ -576,7 +575,10 @@ METHODS = [
     ("patch_workloads", "PATCH", "/v1/workloads"),
     ("delete_workloads", "DELETE", "/v1/workloads"),
     ("options_workloads_no_cors", "OPTIONS", "/v1/workloads"),
+    # The asynchronous submit's path, never a workload id: Allow is POST only.
     ("put_async", "PUT", "/v1/workloads/async"),
+    ("id_async_get", "GET", "/v1/workloads/async"),
+    ("delete_async_word", "DELETE", "/v1/workloads/async"),
     ("post_workload_id", "POST", "/v1/workloads/" + UNKNOWN),
     ("put_workload_id", "PUT", "/v1/workloads/" + UNKNOWN),
     ("post_logs", "POST", "/v1/workloads/%s/logs" % UNKNOWN),
@@ -610,7 +612,6 @@ QUERY = [
     ("list_limit_plus_sign_decoded", "/v1/workloads?limit=+5", "limit"),
     ("list_status_unknown", "/v1/workloads?status=done", "status"),
     ("list_status_uppercase", "/v1/workloads?status=COMPLETED", "status"),
-    ("list_isolation_auto", "/v1/workloads?isolation=auto", "isolation"),
     ("list_isolation_unknown", "/v1/workloads?isolation=docker", "isolation"),
     ("list_runtime_unknown", "/v1/workloads?runtime=ruby", "runtime"),
     ("list_cursor_garbage", "/v1/workloads?cursor=abc", "cursor"),
