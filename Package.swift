@@ -47,7 +47,9 @@ let package = Package(
         // The store seam (WorkloadStore) and its SQLite implementation.
         .target(
             name: "KilnStore",
-            dependencies: ["KilnCore", .product(name: "GRDB", package: "GRDB.swift")]
+            dependencies: ["KilnCore", .product(name: "GRDB", package: "GRDB.swift"),
+                           // SQLite's C API, for the one hot insert (SQLiteStore.appendLines).
+                           .product(name: "GRDBSQLite", package: "GRDB.swift")]
         ),
         // The isolation backends: process, sandbox (bubblewrap), gvisor (runsc), isolate (Node).
         .target(

@@ -1,5 +1,6 @@
 import Foundation
 internal import GRDB
+internal import GRDBSQLite
 import KilnCore
 
 /// Kiln's state in SQLite through GRDB: WAL mode, named migrations, and the workload
@@ -310,13 +311,45 @@ public final class SQLiteStore: WorkloadStore {
         guard !lines.isEmpty else { return }
         try db.write { db in
             let statement = try db.cachedStatement(sql: "INSERT INTO log_lines (workload_id, seq, stream, ts, line) VALUES (?, ?, ?, ?, ?)")
+            // Bound and stepped through SQLite's C API, by hand: GRDB's StatementArguments box
+            // every value (DatabaseValue, a retain and a release each), which was the largest
+            // share of the server's samples in B4, and each line was first copied into a Data.
+            // A line is bound as a BLOB of its UTF-8 bytes, so a NUL stays (C text ends there:
+            // `nul\0hidden` was stored as `nul`). The statement is left reset and unbound,
+            // as GRDB expects a cached statement to be.
+            let raw = statement.sqliteStatement
+            defer {
+                sqlite3_reset(raw)
+                sqlite3_clear_bindings(raw)
+            }
+            func check(_ code: CInt, _ want: CInt = SQLITE_OK) throws {
+                guard code != want else { return }
+                let message = db.sqliteConnection.map { String(cString: sqlite3_errmsg($0)) }
+                throw DatabaseError(resultCode: ResultCode(rawValue: code), message: message,
+                                    sql: "INSERT INTO log_lines (workload_id, seq, stream, ts, line) VALUES (?, ?, ?, ?, ?)")
+            }
+            try check(sqlite3_bind_text(raw, 1, id, -1, SQLiteStore.transient))
             for l in lines {
-                // As bytes: GRDB binds and reads a String as C text, which ends at a NUL
-                // (`nul\0hidden` was stored as `nul`); a BLOB keeps every byte.
-                try statement.execute(arguments: [id, l.seq, l.stream.rawValue, l.ts, Data(l.line.utf8)])
+                try check(sqlite3_reset(raw))
+                try check(sqlite3_bind_int64(raw, 2, l.seq))
+                try check(sqlite3_bind_text(raw, 3, l.stream.rawValue, -1, SQLiteStore.transient))
+                try check(sqlite3_bind_int64(raw, 4, l.ts))
+                var text = l.line
+                try text.withUTF8 { bytes in
+                    if let base = bytes.baseAddress, bytes.count > 0 {
+                        // SQLITE_STATIC: the bytes outlive the step below.
+                        try check(sqlite3_bind_blob(raw, 5, base, CInt(bytes.count), nil))
+                    } else {
+                        try check(sqlite3_bind_zeroblob(raw, 5, 0))
+                    }
+                    try check(sqlite3_step(raw), SQLITE_DONE)
+                }
             }
         }
     }
+
+    /// SQLite copies a value bound with this destructor (SQLITE_TRANSIENT).
+    private static let transient = unsafeBitCast(-1, to: sqlite3_destructor_type.self)
 
     /// Lines with seq > `after`, in order, at most `limit`.
     public func lines(_ id: String, after: Int64, limit: Int) throws -> [LogLine] {

@@ -6,21 +6,29 @@ import KilnCore
 /// The store's writer keeps each workload's order and takes workloads in turn, so a small
 /// workload's writes do not wait behind everything a flood has queued.
 @Suite(.timeLimit(.minutes(2)), .ownThread) struct FairWriterTests {
-    @Test func workloadsTakeTurnsAndKeepTheirOwnOrder() {
+    /// The order writes ran in: a first "flood" write holds the writer while `floods - 1`
+    /// more flood writes and then `queue`'s are queued (so every turn is decided by then).
+    func runOrder(floods: Int, then queue: (FairWriter, @escaping @Sendable (String) -> Void) -> Void) -> [String] {
         let writer = FairWriter()
         let order = Locked<[String]>([])
+        let record: @Sendable (String) -> Void = { name in order.withLock { $0.append(name) } }
         let gate = DispatchSemaphore(value: 0)
         let running = DispatchSemaphore(value: 0)
-        // The first write holds the writer, running, until everything below is queued.
-        writer.async("flood") { running.signal(); gate.wait(); order.withLock { $0.append("flood-0") } }
+        writer.async("flood") { running.signal(); gate.wait(); record("flood-0") }
         running.wait()
-        for i in 1..<100 { writer.async("flood") { order.withLock { $0.append("flood-\(i)") } } }
-        writer.async("small") { order.withLock { $0.append("small-batch") } }
-        writer.async("small") { order.withLock { $0.append("small-end") } }
-        writer.async("other") { order.withLock { $0.append("other") } }
+        for i in 1..<floods { writer.async("flood") { record("flood-\(i)") } }
+        queue(writer, record)
         gate.signal()
         writer.waitUntilIdle()
-        let ran = order.withLock { $0 }
+        return order.withLock { $0 }
+    }
+
+    @Test func workloadsTakeTurnsAndKeepTheirOwnOrder() {
+        let ran = runOrder(floods: 100) { writer, record in
+            writer.async("small") { record("small-batch") }
+            writer.async("small") { record("small-end") }
+            writer.async("other") { record("other") }
+        }
         #expect(ran.count == 103)
         #expect(ran.filter { $0.hasPrefix("flood") } == (0..<100).map { "flood-\($0)" })
         let smallEnd = ran.firstIndex(of: "small-end") ?? 999
@@ -34,19 +42,11 @@ import KilnCore
     /// An urgent write (a terminal status, a last batch) puts its workload first: it waits
     /// only for the write in progress.
     @Test func urgentWritesGoFirst() {
-        let writer = FairWriter()
-        let order = Locked<[String]>([])
-        let gate = DispatchSemaphore(value: 0)
-        let running = DispatchSemaphore(value: 0)
-        writer.async("flood") { running.signal(); gate.wait(); order.withLock { $0.append("flood-0") } }
-        running.wait()
-        for i in 1..<50 { writer.async("flood") { order.withLock { $0.append("flood-\(i)") } } }
-        writer.async("other") { order.withLock { $0.append("other") } }
-        writer.async("done", urgent: true) { order.withLock { $0.append("done-batch") } }
-        writer.async("done", urgent: true) { order.withLock { $0.append("done-end") } }
-        gate.signal()
-        writer.waitUntilIdle()
-        let ran = order.withLock { $0 }
+        let ran = runOrder(floods: 50) { writer, record in
+            writer.async("other") { record("other") }
+            writer.async("done", urgent: true) { record("done-batch") }
+            writer.async("done", urgent: true) { record("done-end") }
+        }
         #expect(Array(ran.prefix(3)) == ["flood-0", "done-batch", "done-end"], "\(ran.prefix(6))")
         #expect(ran.filter { $0.hasPrefix("flood") } == (0..<50).map { "flood-\($0)" })
     }
