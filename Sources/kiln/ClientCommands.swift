@@ -16,18 +16,22 @@ struct ClientOptions: ParsableArguments {
     }
 }
 
-/// Runs a client command: a failure is one line on stderr and exit code 1.
+/// Runs a client command: a failure of the CLI or the server is one line on stderr and exit
+/// code 125, as `docker run` does, so that it cannot be taken for a workload's own exit 1.
 func clientMain(_ body: () throws -> Int32) -> Never {
     do {
         Foundation.exit(try body())
     } catch let e as ClientError {
         Terminal.error("kiln: \(e.description)")
-        Foundation.exit(1)
+        Foundation.exit(clientFailure)
     } catch {
         Terminal.error("kiln: \(error)")
-        Foundation.exit(1)
+        Foundation.exit(clientFailure)
     }
 }
+
+/// The exit code of a client command that failed itself (not its workload).
+let clientFailure: Int32 = 125
 
 enum Terminal {
     static let colour = isatty(STDOUT_FILENO) == 1 && ProcessInfo.processInfo.environment["NO_COLOR"] == nil
@@ -152,7 +156,7 @@ struct RunCommand: ParsableCommand {
             if !options.json { Terminal.error("workload \(id)") }
             let asJSON: Bool = options.json
             let end = try client.follow(id, after: 0, tail: nil, onLine: { l in if !asJSON { printLine(l) } })
-            let record = try client.json("GET", "/v1/workloads/\(id)")
+            let record = try client.json("GET", KilnClient.workloadPath(id))
             if options.json { Terminal.out(record.text) } else { report(try WorkloadRecord(json: record), showOutputToo: false) }
             return end.cliExitCode
         }
@@ -185,7 +189,7 @@ struct StatusCommand: ParsableCommand {
     }
 
     func execute() throws -> Int32 {
-        let record = try options.client().json("GET", "/v1/workloads/\(id)")
+        let record = try options.client().json("GET", KilnClient.workloadPath(id))
         if options.json {
             Terminal.out(record.text)
             return 0
@@ -211,6 +215,10 @@ struct LogsCommand: ParsableCommand {
     @Option(help: "start with the last N lines") var tail: Int?
     @Argument(help: "workload id") var id: String
 
+    func validate() throws {
+        if let tail, tail < 0 { throw ValidationError("--tail must be 0 or more, not \(tail)") }
+    }
+
     func run() throws {
         clientMain { try execute() }
     }
@@ -226,7 +234,7 @@ struct LogsCommand: ParsableCommand {
         let record = try client.record(id)
         var after = tail.map { max(0, record.logLines - Int64($0)) } ?? 0
         while true {
-            let page = try client.json("GET", "/v1/workloads/\(id)/logs/history?after=\(after)&limit=10000")
+            let page = try client.json("GET", KilnClient.workloadPath(id) + "/logs/history?after=\(after)&limit=10000")
             let lines = page["lines"]?.arrayValue ?? []
             for l in lines { if let line = LogLine(json: l) { emit(line) } }
             guard let next = page["next_after"]?.int64Value, !lines.isEmpty else { break }
@@ -278,7 +286,7 @@ struct KillCommand: ParsableCommand {
     }
 
     func execute() throws -> Int32 {
-        let record = try options.client().json("DELETE", "/v1/workloads/\(id)")
+        let record = try options.client().json("DELETE", KilnClient.workloadPath(id))
         Terminal.out(options.json ? record.text : "\(id) \(Terminal.status(record["status"]?.stringValue ?? ""))")
         return 0
     }
@@ -298,7 +306,7 @@ struct RemoveCommand: ParsableCommand {
 
     func execute() throws -> Int32 {
         let client = try options.client()
-        let path = "/v1/workloads/\(id.addingPercentEncoding(withAllowedCharacters: .alphanumerics) ?? id)"
+        let path = KilnClient.workloadPath(id)
         if !force {
             let status = try client.json("GET", path)["status"]?.stringValue ?? ""
             guard WorkloadStatus(rawValue: status)?.isTerminal == true else {

@@ -81,6 +81,9 @@ final class KilnClient: Sendable {
     /// lines). On a dropped connection it reconnects with Last-Event-ID, so no line is lost
     /// or repeated. Returns the end of the workload.
     func follow(_ id: String, after: Int64?, tail: Int?, onLine: @escaping (LogLine) -> Void) throws -> EndInfo {
+        // One plain request first: an unreachable server or an unknown id fails at once,
+        // not after the stream's reconnects (41 s against a server that was not there).
+        _ = try record(id)
         var lastSeq = after
         var attempt = 0
         while true {
@@ -88,7 +91,7 @@ final class KilnClient: Sendable {
             if lastSeq == nil, let tail { query += "&tail=\(tail)" }
             var headers: [String: String] = ["Accept": "text/event-stream"]
             if let lastSeq { headers["Last-Event-ID"] = String(lastSeq) }
-            let stream = SSEStream(request: makeRequest("GET", "/v1/workloads/\(id)/logs?\(query)", headers: headers))
+            let stream = SSEStream(request: makeRequest("GET", Self.workloadPath(id) + "/logs?\(query)", headers: headers))
             let outcome = stream.run { event in
                 switch event {
                 case .line(let l):
@@ -116,8 +119,17 @@ final class KilnClient: Sendable {
     }
 
     func record(_ id: String) throws -> WorkloadRecord {
-        try WorkloadRecord(json: try json("GET", "/v1/workloads/\(id)"))
+        try WorkloadRecord(json: try json("GET", Self.workloadPath(id)))
     }
+
+    /// A workload's path with its id as one encoded segment: `kiln logs ../../healthz` asked
+    /// for `/healthz` when the id went into the path as it was.
+    static func workloadPath(_ id: String) -> String {
+        "/v1/workloads/" + (id.addingPercentEncoding(withAllowedCharacters: unreserved) ?? "")
+    }
+
+    /// RFC 3986's unreserved characters: everything else in an id is percent-encoded.
+    static let unreserved = CharacterSet(charactersIn: "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~")
 }
 
 /// One SSE connection, read through a URLSession data delegate.

@@ -114,18 +114,28 @@ import KilnTestSupport
     @Test func errorsAreOneClearLine() throws {
         let s = try KilnServer.start(token: "t-\(UUID().uuidString)")
         let missing = try kiln(s, ["status", "01M8BKXHHPAZQSGBQTA3DEZGVK"])
-        #expect(missing.status == 1)
+        // 125, as docker's own failures: never the same as a workload's exit 1.
+        #expect(missing.status == 125)
         #expect(missing.err.split(separator: "\n").count == 1)
         #expect(missing.err.contains("404"))
         let unauthorized = try Curl.exec(KilnServer.binary, ["ls", "--server", s.baseURL])
-        #expect(unauthorized.0 == 1)
+        #expect(unauthorized.0 == 125)
         #expect(String(decoding: unauthorized.2, as: UTF8.self).contains("401"))
         let unreachable = try kiln(nil, ["ls"], server: "http://127.0.0.1:1")
-        #expect(unreachable.status == 1)
+        #expect(unreachable.status == 125)
         #expect(unreachable.err.hasPrefix("kiln: cannot reach"))
+        // Following against a server that is not there fails on its first request, saying
+        // so, not after 30 reconnects ("the log stream keeps dropping", 41 s).
+        let unreachableFollow = try kiln(nil, ["logs", "-f", "01M8BKXHHPAZQSGBQTA3DEZGVK"], server: "http://127.0.0.1:1")
+        #expect(unreachableFollow.status == 125 && unreachableFollow.err.hasPrefix("kiln: cannot reach"), "\(unreachableFollow.err)")
         let bad = try kiln(s, ["run", "--runtime", "cobol", "--code", "x"])
-        #expect(bad.status == 1)
+        #expect(bad.status == 125)
         #expect(bad.err.contains("422"))
+        // An id is one path segment: ../../healthz is not /healthz.
+        let traversal = try kiln(s, ["logs", "../../healthz"])
+        #expect(traversal.status == 125 && traversal.err.contains("404"), "\(traversal.status) \(traversal.err)")
+        let negative = try kiln(s, ["logs", "--tail=-3", "01M8BKXHHPAZQSGBQTA3DEZGVK"])
+        #expect(negative.status != 0 && negative.err.contains("--tail must be 0 or more"), "\(negative.err)")
     }
 }
 
