@@ -162,8 +162,27 @@ struct RunCommand: ParsableCommand {
         }
         let record = try client.json("POST", "/v1/workloads", body: body)
         let r = try WorkloadRecord(json: record)
-        if options.json { Terminal.out(record.text) } else { report(r, showOutputToo: true) }
+        if options.json {
+            Terminal.out(record.text)
+        } else {
+            // The answer carries stdout (its output); what it wrote to stderr, a traceback
+            // say, is in its log: shown too, as docker run shows both.
+            try printStderr(client, r)
+            report(r, showOutputToo: true)
+        }
         return EndInfo(record: r).cliExitCode
+    }
+
+    /// The workload's stderr lines, from its stored log, on stderr.
+    func printStderr(_ client: KilnClient, _ r: WorkloadRecord) throws {
+        var after: Int64 = 0
+        while after < r.logLines {
+            let page = try client.json("GET", KilnClient.workloadPath(r.id) + "/logs/history?after=\(after)&limit=10000")
+            let lines = page["lines"]?.arrayValue ?? []
+            for l in lines { if let line = LogLine(json: l), line.stream == .stderr { Terminal.error(line.line) } }
+            guard let next = page["next_after"]?.int64Value, !lines.isEmpty else { break }
+            after = next
+        }
     }
 
     func report(_ r: WorkloadRecord, showOutputToo: Bool) {

@@ -21,6 +21,9 @@ import KilnTestSupport
         #expect(ok.out == "21\n")
         let failed = try kiln(s, ["run", "--runtime", "shell", "--isolation", "process", "--code", "echo partial; exit 3"])
         #expect(failed.status == 3)
+        // What a failing workload wrote to stderr is shown, not only "failed exit 1".
+        let traceback = try kiln(s, ["run", "--runtime", "python", "--isolation", "process", "--code", "print("])
+        #expect(traceback.status == 1 && traceback.err.contains("SyntaxError"), "\(traceback.err)")
         #expect(failed.out == "partial\n")
         #expect(failed.err.contains("exit 3"))
         let json = try kiln(s, ["run", "--json", "--runtime", "shell", "--isolation", "process", "--code", "echo hi"])
