@@ -75,6 +75,14 @@ public struct LogLine: Sendable, Equatable {
     public var json: JSON {
         .object([("seq", .int(seq)), ("stream", .string(stream.rawValue)), ("ts", .string(Millis.rfc3339(ts))), ("line", .string(line))])
     }
+
+    /// The line read back from its JSON (`json`), for the CLI; nil without a seq or a line.
+    /// (The CLI's own decoder set `ts` to 0, so `kiln logs --json` printed no time.)
+    public init?(json: JSON) {
+        guard let seq = json["seq"]?.int64Value, let line = json["line"]?.stringValue else { return nil }
+        self.init(seq: seq, stream: json["stream"]?.stringValue == "stderr" ? .stderr : .stdout,
+                  ts: json["ts"]?.stringValue.flatMap(Millis.parse) ?? 0, line: line)
+    }
 }
 
 /// A workload record, as stored and as every endpoint returns it.

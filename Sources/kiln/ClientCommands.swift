@@ -73,8 +73,9 @@ enum Terminal {
     }
 }
 
+/// One line as the API gives it, `ts` included.
 func printJSONLine(_ l: LogLine) {
-    Terminal.out(JSON.object([("seq", .int(l.seq)), ("stream", .string(l.stream.rawValue)), ("line", .string(l.line))]).text)
+    Terminal.out(l.json.text)
 }
 
 func printLine(_ l: LogLine) {
@@ -155,7 +156,8 @@ struct RunCommand: ParsableCommand {
             guard let id = accepted["id"]?.stringValue else { throw ClientError(description: "no id in the answer") }
             if !options.json { Terminal.error("workload \(id)") }
             let asJSON: Bool = options.json
-            let end = try client.follow(id, after: 0, tail: nil, onLine: { l in if !asJSON { printLine(l) } })
+            // With --json, each line as JSON, then the record (they were dropped).
+            let end = try client.follow(id, after: 0, tail: nil, onLine: { l in if asJSON { printJSONLine(l) } else { printLine(l) } })
             let record = try client.json("GET", KilnClient.workloadPath(id))
             if options.json { Terminal.out(record.text) } else { report(try WorkloadRecord(json: record), showOutputToo: false) }
             return end.cliExitCode

@@ -251,13 +251,6 @@ private final class ReplyBox: Sendable {
     }
 }
 
-extension LogLine {
-    init?(json: JSON) {
-        guard let seq = json["seq"]?.int64Value, let line = json["line"]?.stringValue else { return nil }
-        self.init(seq: seq, stream: json["stream"]?.stringValue == "stderr" ? .stderr : .stdout, ts: 0, line: line)
-    }
-}
-
 extension EndInfo {
     /// The exit code a CLI reports for this workload.
     var cliExitCode: Int32 {

@@ -73,7 +73,15 @@ import KilnTestSupport
         let tail = try kiln(s, ["logs", "--tail", "1", id])
         #expect(tail.out == "b\n")
         let all = try kiln(s, ["logs", "--json", id])
-        #expect(all.out.split(separator: "\n").count == 2)
+        let lines = try all.out.split(separator: "\n").map { try JSON.parse(Array($0.utf8)) }
+        #expect(lines.count == 2)
+        // --json keeps each line's ts, as the API gives it.
+        #expect(lines.allSatisfy { $0["ts"]?.stringValue.flatMap(Millis.parse) ?? 0 > 0 }, "\(all.out)")
+        // run --follow --json prints the lines as JSON, then the record.
+        let followedJSON = try kiln(s, ["run", "--follow", "--json", "--runtime", "shell", "--isolation", "process", "--code", "echo x; echo y"])
+        let printed = try followedJSON.out.split(separator: "\n").map { try JSON.parse(Array($0.utf8)) }
+        #expect(printed.count == 3 && printed[0]["line"] == .string("x") && printed[1]["line"] == .string("y"), "\(followedJSON.out)")
+        #expect(printed.last?["status"] == .string("completed"))
         let status = try kiln(s, ["status", id])
         #expect(status.out.contains("failed"))
         let ls = try kiln(s, ["ls"])
@@ -82,7 +90,8 @@ import KilnTestSupport
         let lsJSON = try kiln(s, ["ls", "--json", "--status", "failed"])
         #expect(try JSON.parse(lsJSON.out)["workloads"]?.arrayValue?.count == 1)
         #expect(try kiln(s, ["backends"]).out.contains("process"))
-        #expect(try kiln(s, ["stats"]).out.contains("total 1"))
+        // This workload and the run --follow --json one.
+        #expect(try kiln(s, ["stats"]).out.contains("total 2"))
     }
 
     @Test func logsFollowReconnectsAfterADroppedConnectionWithoutLossOrRepeats() throws {
