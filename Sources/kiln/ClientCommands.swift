@@ -151,40 +151,27 @@ struct RunCommand: ParsableCommand {
             Terminal.out(options.json ? accepted.text : accepted["id"]?.stringValue ?? "")
             return 0
         }
-        if follow {
-            let accepted = try client.json("POST", "/v1/workloads/async", body: body)
-            guard let id = accepted["id"]?.stringValue else { throw ClientError(description: "no id in the answer") }
-            if !options.json { Terminal.error("workload \(id)") }
-            let asJSON: Bool = options.json
-            // With --json, each line as JSON, then the record (they were dropped).
-            let end = try client.follow(id, after: 0, tail: nil, onLine: { l in if asJSON { printJSONLine(l) } else { printLine(l) } })
-            let record = try client.json("GET", KilnClient.workloadPath(id))
-            if options.json { Terminal.out(record.text) } else { report(try WorkloadRecord(json: record), showOutputToo: false) }
-            return end.cliExitCode
-        }
-        let record = try client.json("POST", "/v1/workloads", body: body)
-        let r = try WorkloadRecord(json: record)
-        if options.json {
-            Terminal.out(record.text)
-        } else {
-            // The answer carries stdout (its output); what it wrote to stderr, a traceback
-            // say, is in its log: shown too, as docker run shows both.
-            try printStderr(client, r)
-            report(r, showOutputToo: true)
-        }
-        return EndInfo(record: r).cliExitCode
-    }
-
-    /// The workload's stderr lines, from its stored log, on stderr.
-    func printStderr(_ client: KilnClient, _ r: WorkloadRecord) throws {
-        var after: Int64 = 0
-        while after < r.logLines {
-            let page = try client.json("GET", KilnClient.workloadPath(r.id) + "/logs/history?after=\(after)&limit=10000")
-            let lines = page["lines"]?.arrayValue ?? []
-            for l in lines { if let line = LogLine(json: l), line.stream == .stderr { Terminal.error(line.line) } }
-            guard let next = page["next_after"]?.int64Value, !lines.isEmpty else { break }
-            after = next
-        }
+        // Submitted asynchronously, then followed to its end, so that the id is known at
+        // once and Ctrl-C can kill the workload (a synchronous POST gives the id only with
+        // the answer).
+        let interrupts = KillOnInterrupt(client: client)
+        defer { withExtendedLifetime(interrupts) {} }
+        let accepted = try client.json("POST", "/v1/workloads/async", body: body)
+        guard let id = accepted["id"]?.stringValue else { throw ClientError(description: "no id in the answer") }
+        interrupts.started(id)
+        if follow && !options.json { Terminal.error("workload \(id)") }
+        let asJSON: Bool = options.json
+        let following = follow
+        let end = try client.follow(id, after: 0, tail: nil, onLine: { l in
+            // --follow: every line (as JSON with --json). Otherwise stdout is the output,
+            // shown at the end, and stderr (a traceback, say) is shown as it comes, as
+            // docker run shows both.
+            if following { if asJSON { printJSONLine(l) } else { printLine(l) } }
+            else if !asJSON, l.stream == .stderr { Terminal.error(l.line) }
+        })
+        let record = try client.json("GET", KilnClient.workloadPath(id))
+        if options.json { Terminal.out(record.text) } else { report(try WorkloadRecord(json: record), showOutputToo: !follow) }
+        return end.cliExitCode
     }
 
     func report(_ r: WorkloadRecord, showOutputToo: Bool) {

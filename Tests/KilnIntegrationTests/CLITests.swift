@@ -61,6 +61,30 @@ import KilnTestSupport
         #expect(r.err.contains("exit 4"))
     }
 
+    /// Ctrl-C on `kiln run` kills the workload it started (it ran on after the CLI was gone),
+    /// and the CLI exits 130.
+    @Test func ctrlCKillsTheWorkloadKilnRunStarted() throws {
+        let s = try KilnServer.start()
+        let p = Process()
+        p.executableURL = URL(fileURLWithPath: KilnServer.binary)
+        p.arguments = ["run", "--runtime", "shell", "--isolation", "process", "--code", "echo started; sleep 60", "--server", s.baseURL]
+        p.standardOutput = FileHandle.nullDevice
+        p.standardError = FileHandle.nullDevice
+        try p.run()
+        var id: String? = nil
+        let deadline = Date().addingTimeInterval(30)
+        while id == nil {
+            try #require(Date() < deadline, "the workload did not start within 30 s")
+            id = try s.json("GET", "/v1/workloads?status=running").1["workloads"]?.arrayValue?.first?["id"]?.stringValue
+            if id == nil { usleep(50_000) }
+        }
+        kill(p.processIdentifier, SIGINT)
+        p.waitUntilExit()
+        #expect(p.terminationStatus == 130)
+        let r = try s.waitTerminal(try #require(id), timeout: 30)
+        #expect(r["status"] == .string("killed"), "\(r.text)")
+    }
+
     @Test func asyncThenLogsFollowStopsAtTheEndWithTheExitCode() throws {
         let s = try KilnServer.start()
         let submitted = try kiln(s, ["run", "--async", "--runtime", "shell", "--isolation", "process", "--code", "echo a; sleep 0.5; echo b; exit 5"])
