@@ -64,6 +64,7 @@ extension Engine {
         }
         lock.unlock()
         if start { launch(job) }
+        recordCounts()
         return record
     }
 
@@ -91,6 +92,7 @@ extension Engine {
         if queue.remove(where: { $0 === job }) {
             jobs[id] = nil
             lock.unlock()
+            recordCounts()
             finishUnstarted(job, status: .killed, error: "killed before it started")
             return
         }

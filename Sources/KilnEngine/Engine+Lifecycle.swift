@@ -33,6 +33,7 @@ extension Engine {
                     idleLanes.append(lane)
                 }
                 lock.unlock()
+                recordCounts()
             }
         }
     }

@@ -43,6 +43,8 @@ public final class Engine: @unchecked Sendable {
     var reserved = 0
     var shuttingDown = false
     let idle = NSCondition()
+    private let runningGauge = Gauge(label: "kiln_workloads_running")
+    private let pendingGauge = Gauge(label: "kiln_workloads_pending")
 
     public init(store: any WorkloadStore, broker: LogBroker, backends: [any Backend], config: EngineConfig, logger: Logger) {
         self.store = store
@@ -53,6 +55,15 @@ public final class Engine: @unchecked Sendable {
         self.queue = FairQueue(tenantLimit: config.tenantMaxConcurrent)
         self.logger = logger
         try? FileManager.default.createDirectory(atPath: config.workRoot, withIntermediateDirectories: true)
+    }
+
+    /// Publishes the running and pending counts to the metrics (after any change to them).
+    func recordCounts() {
+        lock.lock()
+        let (running, pending) = (runningCount, queue.count + reserved)
+        lock.unlock()
+        runningGauge.record(running)
+        pendingGauge.record(pending)
     }
 
     /// Marks what an earlier process left unfinished as failed ("server restarted").
@@ -75,6 +86,7 @@ public final class Engine: @unchecked Sendable {
         let live = Array(jobs.values)
         lock.unlock()
         for job in pending { finishUnstarted(job, status: .failed, error: "server shutdown") }
+        recordCounts()
         for job in live { job.cancellation.cancel(.shutdown) }
         let deadline = Date().addingTimeInterval(timeout)
         idle.lock()

@@ -8,6 +8,7 @@ import KilnHTTP
 import KilnLogs
 import KilnProcess
 import Logging
+import Metrics
 
 /// The composition root of `kiln serve`: builds the store, broker, backends, engine, API
 /// and HTTP daemon, and takes them down in order. Signals and the process exit belong to
@@ -82,6 +83,7 @@ final class ServerRunner: Sendable {
                                                requestTimeoutSeconds: config.requestTimeoutS),
                                 responder: api)
         try server.start()
+        Gauge(label: "kiln_build_info", dimensions: [("version", ServerRunner.version)]).record(1)
         let retention = config.retentionS.map { RetentionSweeper(store: store, retentionSeconds: $0, logger: logger) }
         retention?.start()
         parts.withLock { $0.server = server; $0.engine = engine; $0.api = api; $0.retention = retention }

@@ -270,6 +270,29 @@ import KilnTestSupport
         #expect(text.contains("access_token=REDACTED"))
     }
 
+    /// Gauges of running and pending workloads, and the build, as SPEC §9 lists them.
+    @Test func metricsGaugeRunningAndPendingWorkloadsAndTheBuild() throws {
+        let s = try KilnServer.start(env: ["KILN_MAX_CONCURRENT": "1"])
+        let go = "/tmp/kiln-go-\(UUID().uuidString)"
+        defer { unlink(go) }
+        let held = try s.submit(#"{"runtime": "shell", "isolation": "process", "code": "while [ ! -e \#(go) ]; do sleep 0.05; done", "resources": {"timeout_s": 120}}"#)
+        try s.waitRunning(held)
+        let queued = try s.submit(#"{"runtime": "shell", "isolation": "process", "code": "true"}"#)
+        let during = try s.request("GET", "/metrics").text
+        #expect(during.contains("kiln_workloads_running 1.0") && during.contains("kiln_workloads_pending 1.0"), "\(during)")
+        #expect(during.contains("kiln_build_info{version=\"0.1.0\"} 1.0"))
+        #expect(FileManager.default.createFile(atPath: go, contents: nil))
+        _ = try s.waitTerminal(queued)
+        let deadline = Date().addingTimeInterval(30)
+        while !(try s.request("GET", "/metrics").text).contains("kiln_workloads_running 0.0") {
+            try #require(Date() < deadline, "the running gauge did not come back to 0")
+            usleep(50_000)
+        }
+        #expect(try s.request("GET", "/metrics").text.contains("kiln_workloads_pending 0.0"))
+        let (code, version, _) = try Curl.exec(KilnServer.binary, ["--version"])
+        #expect(code == 0 && String(decoding: version, as: UTF8.self) == "0.1.0\n")
+    }
+
     @Test func statsBackendsAndMetricsReport() throws {
         let s = try KilnServer.start()
         _ = try s.run(#"{"runtime": "shell", "isolation": "process", "code": "echo a; echo b"}"#)
