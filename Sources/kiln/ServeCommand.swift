@@ -62,7 +62,14 @@ struct ServeCommand: ParsableCommand {
             return h
         }
         let registry = PrometheusCollectorRegistry()
-        MetricsSystem.bootstrap(PrometheusMetricsFactory(registry: registry))
+        var factory = PrometheusMetricsFactory(registry: registry)
+        // Workload durations in buckets up to the longest timeout a workload may have (the
+        // defaults stop at 10 s, where most workloads had only +Inf).
+        let steps: [Double] = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800, 3600, 7200, 14400, 43200, 86400]
+        let longest = Double(config.maxTimeoutS)
+        factory.durationHistogramBuckets["kiln_workload_duration_seconds"] =
+            (steps.filter { $0 < longest } + [longest]).map { .milliseconds(Int64($0 * 1000)) }
+        MetricsSystem.bootstrap(factory)
         let runner = ServerRunner(config: config, logger: Logger(label: "kiln"), metricsText: { registry.emitToBuffer() })
         // SIGTERM and SIGINT: a graceful stop, then exit 0. Installed before the server
         // starts, so that a signal sent as soon as the listening line shows is never lost

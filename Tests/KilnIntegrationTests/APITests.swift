@@ -288,7 +288,10 @@ import KilnTestSupport
             try #require(Date() < deadline, "the running gauge did not come back to 0")
             usleep(50_000)
         }
-        #expect(try s.request("GET", "/metrics").text.contains("kiln_workloads_pending 0.0"))
+        let after = try s.request("GET", "/metrics").text
+        #expect(after.contains("kiln_workloads_pending 0.0"))
+        // Duration buckets reach the longest timeout a workload may have (KILN_MAX_TIMEOUT_S).
+        #expect(after.contains("kiln_workload_duration_seconds_bucket{backend=\"process\",le=\"3600.0\"}"), "\(after)")
         let (code, version, _) = try Curl.exec(KilnServer.binary, ["--version"])
         #expect(code == 0 && String(decoding: version, as: UTF8.self) == "0.1.0\n")
     }
