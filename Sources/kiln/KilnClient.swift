@@ -8,6 +8,8 @@ import KilnLogs
 /// A server error or an unreachable server, shown as one line.
 struct ClientError: Error, CustomStringConvertible {
     var description: String
+    /// The server could not be reached (no answer at all), as against an answer that is an error.
+    var unreachable = false
 }
 
 /// Kiln's HTTP API over URLSession (FoundationNetworking on Linux): no extra package to
@@ -50,7 +52,9 @@ final class KilnClient: Sendable {
         }
         task.resume()
         let (status, data, error) = box.wait()
-        if let error { throw ClientError(description: "cannot reach \(base.absoluteString): \(error.localizedDescription)") }
+        if let error {
+            throw ClientError(description: "cannot reach \(base.absoluteString): \(error.localizedDescription)", unreachable: true)
+        }
         return (status, data)
     }
 
@@ -81,9 +85,18 @@ final class KilnClient: Sendable {
     /// lines). On a dropped connection it reconnects with Last-Event-ID, so no line is lost
     /// or repeated. Returns the end of the workload.
     func follow(_ id: String, after: Int64?, tail: Int?, onLine: @escaping (LogLine) -> Void) throws -> EndInfo {
-        // One plain request first: an unreachable server or an unknown id fails at once,
-        // not after the stream's reconnects (41 s against a server that was not there).
-        _ = try record(id)
+        // One plain request first: an unreachable server or an unknown id fails within about
+        // a second, not after the stream's 30 reconnects (41 s against a server that was not
+        // there). A connection that fails is tried three times more, quickly, since a proxy
+        // or the server may be restarting for a moment.
+        for attempt in 0... {
+            do {
+                _ = try record(id)
+                break
+            } catch let e as ClientError where e.unreachable && attempt < 3 {
+                Thread.sleep(forTimeInterval: 0.3)
+            }
+        }
         var lastSeq = after
         var attempt = 0
         while true {
