@@ -279,8 +279,6 @@ public final class KilnAPI: HTTPResponder, @unchecked Sendable {
         let limit = try Query.int(req, "limit", default: 50, range: 1...500)
         let status = try Query.enumValue(req, "status", WorkloadStatus.self)
         let isolation = try Query.enumValue(req, "isolation", Isolation.self)
-        // The filter is the backend used, which is never `auto`: nothing matches (SPEC §3).
-        if isolation == .auto { return .json(200, .object([("workloads", .array([])), ("next_cursor", .null)])) }
         let runtime = try Query.enumValue(req, "runtime", Runtime.self)
         let cursor = req.query["cursor"]
         if let cursor, !ULIDGenerator.isValid(cursor) { throw APIError.invalid("cursor", "cursor is not a workload id") }
@@ -292,8 +290,10 @@ public final class KilnAPI: HTTPResponder, @unchecked Sendable {
             }
             tenant = asked
         }
-        let page = try store.list(limit: limit, cursor: cursor,
-                                  filter: WorkloadFilter(status: status, isolationUsed: isolation, runtime: runtime, tenant: tenant))
+        // The filter is the backend used, which is never `auto`: nothing matches (SPEC §3).
+        let page = isolation == .auto ? (records: [], nextCursor: nil)
+            : try store.list(limit: limit, cursor: cursor,
+                             filter: WorkloadFilter(status: status, isolationUsed: isolation, runtime: runtime, tenant: tenant))
         return .json(200, .object([("workloads", .array(page.records.map(\.json))),
                                    ("next_cursor", page.nextCursor.map { .string($0) } ?? .null)]))
     }

@@ -259,11 +259,13 @@ final class IsolateRun: @unchecked Sendable {
     func post(_ e: Event) {
         condition.lock()
         defer { condition.unlock() }
+        var bytes = 0
         if case .log(_, let line) = e {
+            bytes = line.utf8.count
             while !closed && queuedBytes > limit { condition.wait() }
-            queuedBytes += line.utf8.count
         }
         guard !closed else { return }
+        queuedBytes += bytes
         events.append(e)
         condition.broadcast()
     }

@@ -29,6 +29,9 @@ struct HeldWrites: Sendable {
     var logFailure: String?
     var lines: [LogLine] = []
     var end: PendingEnd?
+
+    /// Something is still to be written (a workload that is only stopping owes nothing yet).
+    var owesWrites: Bool { !lines.isEmpty || end != nil }
 }
 
 /// Storage errors (SPEC §8): writes the store refused are held, the workload whose lines
@@ -175,13 +178,13 @@ extension Engine {
     /// One repair pass: every held write in id order, then a probe write; the store is
     /// healthy again only when all of them went through. Otherwise the next pass is scheduled.
     func repair() {
-        let ids = held.withLock { h in h.filter { !$0.value.lines.isEmpty || $0.value.end != nil }.keys.sorted() }
+        let ids = held.withLock { h in h.filter(\.value.owesWrites).keys.sorted() }
         for id in ids {
             if case .stored(let record) = flushHeld(id) {
                 logger.notice("stored the held end of workload \(id): \(record.status.rawValue)")
             }
         }
-        let owed = held.withLock { h in h.values.contains { !$0.lines.isEmpty || $0.end != nil } }
+        let owed = held.withLock { h in h.values.contains(where: \.owesWrites) }
         if owed {
             scheduleRepair()
             return

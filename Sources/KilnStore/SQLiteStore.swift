@@ -290,18 +290,17 @@ public final class SQLiteStore: WorkloadStore {
     /// then checkpoints so the WAL shrinks too; the bytes returned. Each call is one short
     /// write, so a sweep can call it in steps without holding writers up for long.
     public func reclaimSpace(maxPages: Int) throws -> Int {
-        let pageSize = try db.read { db in try Int.fetchOne(db, sql: "PRAGMA page_size") ?? 4096 }
         let freed = try db.writeWithoutTransaction { db -> Int in
             let before = try Int.fetchOne(db, sql: "PRAGMA freelist_count") ?? 0
             guard before > 0 else { return 0 }
             try db.execute(sql: "PRAGMA incremental_vacuum(\(max(1, maxPages)))")
             let after = try Int.fetchOne(db, sql: "PRAGMA freelist_count") ?? 0
-            return before - after
+            return (before - after) * (try Int.fetchOne(db, sql: "PRAGMA page_size") ?? 4096)
         }
         if freed > 0, let pool = db as? DatabasePool {
             _ = try? pool.writeWithoutTransaction { db in try db.checkpoint(.truncate) }
         }
-        return freed * pageSize
+        return freed
     }
 
     // MARK: Log lines
@@ -309,8 +308,9 @@ public final class SQLiteStore: WorkloadStore {
     /// Stores a batch of lines in one transaction.
     public func appendLines(_ id: String, _ lines: [LogLine]) throws {
         guard !lines.isEmpty else { return }
+        let sql = "INSERT INTO log_lines (workload_id, seq, stream, ts, line) VALUES (?, ?, ?, ?, ?)"
         try db.write { db in
-            let statement = try db.cachedStatement(sql: "INSERT INTO log_lines (workload_id, seq, stream, ts, line) VALUES (?, ?, ?, ?, ?)")
+            let statement = try db.cachedStatement(sql: sql)
             // Bound and stepped through SQLite's C API, by hand: GRDB's StatementArguments box
             // every value (DatabaseValue, a retain and a release each), which was the largest
             // share of the server's samples in B4, and each line was first copied into a Data.
@@ -325,8 +325,7 @@ public final class SQLiteStore: WorkloadStore {
             func check(_ code: CInt, _ want: CInt = SQLITE_OK) throws {
                 guard code != want else { return }
                 let message = db.sqliteConnection.map { String(cString: sqlite3_errmsg($0)) }
-                throw DatabaseError(resultCode: ResultCode(rawValue: code), message: message,
-                                    sql: "INSERT INTO log_lines (workload_id, seq, stream, ts, line) VALUES (?, ?, ?, ?, ?)")
+                throw DatabaseError(resultCode: ResultCode(rawValue: code), message: message, sql: sql)
             }
             try check(sqlite3_bind_text(raw, 1, id, -1, SQLiteStore.transient))
             for l in lines {

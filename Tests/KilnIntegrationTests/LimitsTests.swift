@@ -156,13 +156,7 @@ struct SandboxLimitsTests {
                 time.sleep(60)
                 """
             let id = try s.submit(JSON.object([("runtime", .string("python")), ("isolation", .string("sandbox")), ("code", .string(code))]).text)
-            let deadline = Date().addingTimeInterval(30)
-            while true {
-                let lines = try s.json("GET", "/v1/workloads/\(id)/logs/history").1["lines"]?.arrayValue ?? []
-                if let line = lines.first?["line"]?.stringValue { return line }
-                try #require(Date() < deadline, "workload \(tag) did not report within 30 s")
-                usleep(50_000)
-            }
+            return try firstLine(s, id)
         }
         func hostUID(_ tag: String) -> Int? {
             guard let pid = ProcessTable.pids(containing: tag).first,
@@ -182,6 +176,17 @@ struct SandboxLimitsTests {
         for uid in uids { #expect((200_000...265_535).contains(uid ?? 0), "host uid \(uid ?? -1)") }
     }
 
+    /// The first line workload `id` logs (stored), once it has one.
+    func firstLine(_ s: KilnServer, _ id: String) throws -> String {
+        let deadline = Date().addingTimeInterval(30)
+        while true {
+            let lines = try s.json("GET", "/v1/workloads/\(id)/logs/history").1["lines"]?.arrayValue ?? []
+            if let line = lines.first?["line"]?.stringValue { return line }
+            try #require(Date() < deadline, "workload \(id) did not report within 30 s")
+            usleep(50_000)
+        }
+    }
+
     /// Keys one workload adds to its user keyring are not visible to another workload in
     /// /proc/keys (with one uid for all, the other saw every key's name).
     @Test func oneWorkloadsKeysAreNotVisibleToAnother() throws {
@@ -196,13 +201,7 @@ struct SandboxLimitsTests {
             time.sleep(30)
             """
         let first = try s.submit(JSON.object([("runtime", .string("python")), ("isolation", .string("sandbox")), ("code", .string(holder))]).text)
-        var added = ""
-        let deadline = Date().addingTimeInterval(30)
-        while added.isEmpty {
-            try #require(Date() < deadline, "the first workload did not report within 30 s")
-            added = try s.json("GET", "/v1/workloads/\(first)/logs/history").1["lines"]?.arrayValue?.first?["line"]?.stringValue ?? ""
-            if added.isEmpty { usleep(50_000) }
-        }
+        let added = try firstLine(s, first)
         let other = try checks.run(s, "shell", "cat /proc/keys; echo end", [])
         _ = try s.request("DELETE", "/v1/workloads/\(first)")
         #expect(added.hasPrefix("added ") && added.hasSuffix(" seen"), "\(added)")
