@@ -19,6 +19,8 @@ let package = Package(
         .package(url: "https://github.com/groue/GRDB.swift", from: "7.10.0"),
         // SHA-256 of tokens (KILN_TOKENS_FILE holds digests only).
         .package(url: "https://github.com/apple/swift-crypto", from: "3.12.3"),
+        // Cluster mode's store (KILN_DB=postgres://…).
+        .package(url: "https://github.com/vapor/postgres-nio", from: "1.33.2"),
     ],
     targets: [
         // libmicrohttpd, found through pkg-config.
@@ -50,6 +52,13 @@ let package = Package(
             dependencies: ["KilnCore", .product(name: "GRDB", package: "GRDB.swift"),
                            // SQLite's C API, for the one hot insert (SQLiteStore.appendLines).
                            .product(name: "GRDBSQLite", package: "GRDB.swift")]
+        ),
+        // The PostgreSQL store and the cluster's queue, nodes and announcements (cluster mode).
+        .target(
+            name: "KilnPostgres",
+            dependencies: ["KilnCore", "KilnStore",
+                           .product(name: "PostgresNIO", package: "postgres-nio"),
+                           .product(name: "Logging", package: "swift-log")]
         ),
         // The isolation backends: process, sandbox (bubblewrap), gvisor (runsc), isolate (Node).
         .target(
@@ -110,6 +119,8 @@ let package = Package(
         .testTarget(name: "KilnHTTPTests", dependencies: ["KilnHTTP", "KilnTestSupport"]),
         .testTarget(name: "KilnLogsTests", dependencies: ["KilnLogs", "KilnCore", "KilnTestSupport"]),
         .testTarget(name: "KilnStoreTests", dependencies: ["KilnStore", "KilnCore", "KilnTestSupport"]),
+        .testTarget(name: "KilnPostgresTests", dependencies: ["KilnPostgres", "KilnStore", "KilnCore", "KilnTestSupport",
+                                                              .product(name: "Logging", package: "swift-log")]),
         .testTarget(name: "KilnProcessTests", dependencies: ["KilnProcess", "KilnTestSupport", "kiln-init"]),
         .testTarget(name: "KilnEngineTests", dependencies: ["KilnEngine", "KilnBackends", "KilnLogs", "KilnStore", "KilnCore",
                                                             "KilnProcess", "KilnTestSupport", "kiln-init"]),

@@ -41,6 +41,14 @@ public final class StorageHealth: Sendable {
     /// A store error that says the database cannot be written (as opposed to a refusal of
     /// the state machine, which a retry would not change).
     static func isStorageFailure(_ error: any Error) -> Bool {
-        !(error is StoreError)
+        guard let e = error as? StoreError else { return true }
+        if case .unavailable = e { return true }
+        return false
+    }
+
+    /// A database that cannot be reached for now (cluster mode): the write is retried.
+    static func isOutage(_ error: any Error) -> Bool {
+        if case .unavailable = error as? StoreError { return true }
+        return false
     }
 }

@@ -55,6 +55,9 @@ public enum StoreError: Error, Equatable, CustomStringConvertible {
     case invalidTransition(id: String, from: WorkloadStatus, to: WorkloadStatus)
     case cannotOpen(String)
     case notFinished(String)
+    /// The database cannot be reached (a dropped connection, a server restarting): a retry
+    /// may succeed, and nothing was written.
+    case unavailable(String)
 
     public var description: String {
         switch self {
@@ -62,6 +65,7 @@ public enum StoreError: Error, Equatable, CustomStringConvertible {
         case .notFound(let id): return "workload \(id) not found"
         case let .invalidTransition(id, from, to): return "workload \(id) cannot move from \(from.rawValue) to \(to.rawValue)"
         case .cannotOpen(let why): return why
+        case .unavailable(let why): return why
         }
     }
 }
@@ -86,6 +90,13 @@ public struct BackendStats: Sendable, Equatable {
     public var avgMs: Double
     public var p50Ms: Int64
     public var p95Ms: Int64
+
+    public init(count: Int, avgMs: Double, p50Ms: Int64, p95Ms: Int64) {
+        self.count = count
+        self.avgMs = avgMs
+        self.p50Ms = p50Ms
+        self.p95Ms = p95Ms
+    }
 }
 
 public struct StoreStats: Sendable {
@@ -93,5 +104,12 @@ public struct StoreStats: Sendable {
     public var total: Int
     public var backends: [String: BackendStats]
     public var logLinesTotal: Int64
+
+    public init(byStatus: [WorkloadStatus: Int], total: Int, backends: [String: BackendStats], logLinesTotal: Int64) {
+        self.byStatus = byStatus
+        self.total = total
+        self.backends = backends
+        self.logLinesTotal = logLinesTotal
+    }
 }
 

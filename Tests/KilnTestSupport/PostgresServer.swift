@@ -1,0 +1,66 @@
+import Foundation
+
+/// A real PostgreSQL server for one test suite: `initdb` in a temp folder, started with
+/// `pg_ctl` on a free loopback port (its socket in that folder too), stopped and removed
+/// by `stop()`. PostgreSQL refuses to run as root, so as root it runs as `postgres`.
+public final class PostgresServer: Sendable {
+    public let port: Int
+    public let dir: String
+    public let password = "s3cret-\(UInt32.random(in: 1..<UInt32.max))"
+    static let bin = "/usr/lib/postgresql/15/bin"
+
+    /// Why a PostgreSQL server cannot be started here (nil: it can).
+    public static var unavailableReason: String? {
+        FileManager.default.isExecutableFile(atPath: "\(bin)/pg_ctl") ? nil : "PostgreSQL 15 is not installed (make deps installs it)"
+    }
+
+    /// `postgres://kiln:…@127.0.0.1:port/kiln`
+    public var url: String { "postgres://kiln:\(password)@127.0.0.1:\(port)/kiln" }
+
+    public init() throws {
+        dir = KilnServer.tempDir("kiln-pg")
+        port = PostgresServer.freePort()
+        let asRoot = getuid() == 0
+        let data = dir + "/data"
+        try FileManager.default.createDirectory(atPath: data, withIntermediateDirectories: true)
+        let pwfile = dir + "/pw"
+        try password.write(toFile: pwfile, atomically: true, encoding: .utf8)
+        if asRoot { _ = try Curl.exec("/bin/chown", ["-R", "postgres:postgres", dir]) }
+        try run(["\(PostgresServer.bin)/initdb", "-D", data, "-U", "kiln", "--pwfile", pwfile, "-A", "scram-sha-256", "-E", "UTF8"], asRoot)
+        // Through a shell with its output to the log: the server pg_ctl starts would otherwise
+        // hold this process's pipes open, and reading them to their end would never return.
+        try run(["/bin/sh", "-c", "exec \(PostgresServer.bin)/pg_ctl -D \(data) -l \(dir)/log -w -t 60 "
+                 + "-o '-c listen_addresses=127.0.0.1 -p \(port) -k \(dir) -c fsync=off' start </dev/null >>\(dir)/log 2>&1"], asRoot)
+        try run(["\(PostgresServer.bin)/psql", "-h", dir, "-p", "\(port)", "-U", "kiln", "-d", "postgres", "-c", "CREATE DATABASE kiln"],
+                asRoot, env: ["PGPASSWORD": password])
+    }
+
+    private func run(_ argv: [String], _ asRoot: Bool, env: [String: String] = [:]) throws {
+        let full = asRoot ? ["/usr/sbin/runuser", "-u", "postgres", "--", "/usr/bin/env"] + env.map { "\($0)=\($1)" } + argv
+                          : ["/usr/bin/env"] + env.map { "\($0)=\($1)" } + argv
+        let (code, out, err) = try Curl.exec(full[0], Array(full.dropFirst()))
+        guard code == 0 else {
+            throw TestFailure("\(argv[0]) exited \(code): \(String(decoding: out + err, as: UTF8.self))")
+        }
+    }
+
+    /// Stops the server (`fast`: connections are closed) and removes its folder.
+    public func stop() {
+        let asRoot = getuid() == 0
+        try? run(["\(PostgresServer.bin)/pg_ctl", "-D", dir + "/data", "-m", "fast", "-w", "stop"], asRoot)
+        try? FileManager.default.removeItem(atPath: dir)
+    }
+
+    static func freePort() -> Int {
+        let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        defer { close(fd) }
+        var addr = sockaddr_in()
+        addr.sin_family = sa_family_t(AF_INET)
+        addr.sin_addr.s_addr = inet_addr("127.0.0.1")
+        addr.sin_port = 0
+        var len = socklen_t(MemoryLayout<sockaddr_in>.size)
+        _ = withUnsafePointer(to: &addr) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, len) } }
+        _ = withUnsafeMutablePointer(to: &addr) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getsockname(fd, $0, &len) } }
+        return Int(UInt16(bigEndian: addr.sin_port))
+    }
+}
