@@ -8,7 +8,7 @@ import Synchronization
 import Testing
 
 /// The PostgreSQL store against a real server started for the suite (`PostgresServer`).
-@Suite(.serialized, .ownThread, .disabled("work in progress (issue 13): the suite hangs before its first test, in PostgresServer or the store's first connection; undiagnosed"))
+@Suite(.serialized, .ownThread, .disabled("work in progress (issue 13): PostgresServer.init waits forever for pg_ctl start (Process.waitUntilExit does not return although pg_ctl has exited and the server is ready)"))
 final class PostgresStoreTests {
     let server: PostgresServer
     let store: PostgresStore

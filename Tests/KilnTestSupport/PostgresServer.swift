@@ -27,10 +27,19 @@ public final class PostgresServer: Sendable {
         try password.write(toFile: pwfile, atomically: true, encoding: .utf8)
         if asRoot { _ = try Curl.exec("/bin/chown", ["-R", "postgres:postgres", dir]) }
         try run(["\(PostgresServer.bin)/initdb", "-D", data, "-U", "kiln", "--pwfile", pwfile, "-A", "scram-sha-256", "-E", "UTF8"], asRoot)
-        // Through a shell with its output to the log: the server pg_ctl starts would otherwise
-        // hold this process's pipes open, and reading them to their end would never return.
-        try run(["/bin/sh", "-c", "exec \(PostgresServer.bin)/pg_ctl -D \(data) -l \(dir)/log -w -t 60 "
-                 + "-o '-c listen_addresses=127.0.0.1 -p \(port) -k \(dir) -c fsync=off' start </dev/null >>\(dir)/log 2>&1"], asRoot)
+        // With no pipes: the server pg_ctl starts inherits this process's descriptors, and a
+        // pipe read to its end (as `Curl.exec` does) would never close.
+        let start = Process()
+        start.executableURL = URL(fileURLWithPath: asRoot ? "/usr/sbin/runuser" : "\(PostgresServer.bin)/pg_ctl")
+        start.arguments = (asRoot ? ["-u", "postgres", "--", "\(PostgresServer.bin)/pg_ctl"] : [])
+            + ["-D", data, "-l", dir + "/log", "-w", "-t", "60",
+               "-o", "-c listen_addresses=127.0.0.1 -p \(port) -k \(dir) -c fsync=off", "start"]
+        start.standardInput = FileHandle.nullDevice
+        start.standardOutput = FileHandle.nullDevice
+        start.standardError = FileHandle.nullDevice
+        try start.run()
+        start.waitUntilExit()
+        guard start.terminationStatus == 0 else { throw TestFailure("pg_ctl start exited \(start.terminationStatus); see \(dir)/log") }
         try run(["\(PostgresServer.bin)/psql", "-h", dir, "-p", "\(port)", "-U", "kiln", "-d", "postgres", "-c", "CREATE DATABASE kiln"],
                 asRoot, env: ["PGPASSWORD": password])
     }
