@@ -39,7 +39,7 @@ extension PostgresStore {
                 var candidates: [ClaimedWorkload] = []
                 let scan = limit * 4 + 16
                 for try await row in try await c.query("""
-                    SELECT \(unescaped: PostgresStore.columns.split(separator: ",").map { "w." + $0.trimmingCharacters(in: .whitespacesAndNewlines) }.joined(separator: ", ")),
+                    SELECT \(unescaped: PostgresStore.qualifiedColumns),
                         s.code, s.input, s.env, s.isolation_limit
                     FROM workloads w JOIN workload_specs s ON s.id = w.id
                     WHERE w.status = 'pending'

@@ -74,6 +74,10 @@ public final class PostgresStore: ClusterStore, @unchecked Sendable {
         timeout_s, pids, disk_mb, log_lines, log_truncated, duration_ms, created_at, started_at, finished_at, tenant
         """
 
+    /// `columns`, each prefixed `w.` (a query that joins `workloads` as `w`).
+    static let qualifiedColumns = columns.split(separator: ",")
+        .map { "w." + $0.trimmingCharacters(in: .whitespacesAndNewlines) }.joined(separator: ", ")
+
     static func record(_ row: PostgresRow) throws -> WorkloadRecord {
         let r = row.makeRandomAccess()
         return WorkloadRecord(
@@ -150,7 +154,7 @@ public final class PostgresStore: ClusterStore, @unchecked Sendable {
 
     public func list(limit: Int, cursor: String?, filter: WorkloadFilter) throws -> (records: [WorkloadRecord], nextCursor: String?) {
         // Each filter is either its value or NULL (no filter): one statement for every combination.
-        var records = try rows("""
+        let records = try rows("""
             SELECT \(unescaped: PostgresStore.columns) FROM workloads
             WHERE (\(cursor)::text IS NULL OR id < \(cursor))
               AND (\(filter.status?.rawValue)::text IS NULL OR status = \(filter.status?.rawValue))
@@ -159,12 +163,7 @@ public final class PostgresStore: ClusterStore, @unchecked Sendable {
               AND (\(filter.tenant)::text IS NULL OR tenant = \(filter.tenant))
             ORDER BY id DESC LIMIT \(limit + 1)
             """).map(PostgresStore.record)
-        var next: String? = nil
-        if records.count > limit {
-            records.removeLast()
-            next = records.last?.id
-        }
-        return (records, next)
+        return listPage(records, limit: limit)
     }
 
     /// Every unfinished workload of every node: only for a database no live node uses

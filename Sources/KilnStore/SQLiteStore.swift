@@ -219,13 +219,7 @@ public final class SQLiteStore: WorkloadStore {
         let rows = try db.read { db in
             try WorkloadRow.fetchAll(db, sql: "SELECT * FROM workloads \(whereSQL) ORDER BY id DESC LIMIT ?", arguments: StatementArguments(args))
         }
-        var records = rows.map(\.record)
-        var next: String? = nil
-        if records.count > limit {
-            records.removeLast()
-            next = records.last?.id
-        }
-        return (records, next)
+        return listPage(rows.map(\.record), limit: limit)
     }
 
     /// Marks every `pending` or `running` workload `failed` with `error`; returns their ids.

@@ -50,6 +50,14 @@ extension WorkloadStore {
     public func stats() throws -> StoreStats { try stats(tenant: nil) }
 }
 
+/// A page of a list: `limit + 1` rows were read, newest first; the extra one only says
+/// there is a next page, whose cursor is the last id kept. Both stores page through this.
+public func listPage(_ rows: [WorkloadRecord], limit: Int) -> (records: [WorkloadRecord], nextCursor: String?) {
+    guard rows.count > limit else { return (rows, nil) }
+    let page = Array(rows.prefix(limit))
+    return (page, page.last?.id)
+}
+
 public enum StoreError: Error, Equatable, CustomStringConvertible {
     case notFound(String)
     case invalidTransition(id: String, from: WorkloadStatus, to: WorkloadStatus)
