@@ -2,7 +2,7 @@
 # Both install the Debian packages Kiln needs when they are missing.
 
 SWIFT ?= swift
-APT_PACKAGES := libmicrohttpd-dev libsqlite3-dev libcurl4-openssl-dev pkg-config curl bubblewrap runsc
+APT_PACKAGES := libmicrohttpd-dev libsqlite3-dev libcurl4-openssl-dev pkg-config curl bubblewrap runsc postgresql
 CONFIG ?= release
 
 .PHONY: deps build release run test test-tsan fuzz clean

@@ -95,6 +95,7 @@ let package = Package(
             name: "kiln",
             dependencies: [
                 "KilnCore", "KilnStore", "KilnEngine", "KilnAPI", "KilnHTTP", "KilnProcess", "KilnBackends", "KilnLogs",
+                "KilnPostgres",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "Metrics", package: "swift-metrics"),

@@ -22,6 +22,8 @@ extension KilnAPI {
         let tail: Int? = req.query["tail"] == nil ? nil : try Query.int(req, "tail", default: 0, range: 0...Int(LogStreamSource.maxSeq))
 
         // A live log, when there is one; it exists from submission until the end is stored.
+        // In a cluster, one that runs on another node is mirrored here while it runs.
+        engine.follow(record)
         let live = engine.broker.log(id)
         let lastSeq = live?.lastSeq ?? record.logLines
         if live == nil, record.status.isTerminal, let after = resumeAfter, after >= record.logLines {

@@ -94,6 +94,7 @@ public final class KilnAPI: HTTPResponder, @unchecked Sendable {
         // Listing backends probes those not probed yet (a real workload each): not on the daemon's threads.
         r.add("GET", "/v1/backends", .read, onStore { [unowned self] _, c in .now(backends(c.caller)) })
         r.add("GET", "/v1/stats", .read, onStore { [unowned self] _, c in .now(try stats(c.caller)) })
+        r.add("GET", "/v1/nodes", .admin, onStore { [unowned self] _, _ in .now(try nodes()) })
         return r
     }
 
@@ -335,6 +336,17 @@ public final class KilnAPI: HTTPResponder, @unchecked Sendable {
             return .object(members)
         }
         return .json(200, .object([("backends", .array(list))]))
+    }
+
+    /// `GET /v1/nodes` (admin): the cluster's nodes, or this server alone.
+    private func nodes() throws -> HTTPResponse {
+        let list = try engine.nodes().map { n -> JSON in
+            .object([("name", .string(n.name)), ("role", .string(n.role)), ("state", .string(n.state)),
+                     ("capacity", .int(Int64(n.capacity))), ("running", .int(Int64(n.running))),
+                     ("backends", .array(n.backends.map { .string($0) })),
+                     ("lease_renewed_at", .string(Millis.rfc3339(n.leaseAt))), ("started_at", .string(Millis.rfc3339(n.startedAt)))])
+        }
+        return .json(200, .object([("nodes", .array(list))]))
     }
 
     private func stats(_ caller: Caller) throws -> HTTPResponse {

@@ -10,6 +10,11 @@ public struct ServerConfig: Sendable {
     public var host: String
     public var port: Int
     public var db: String
+    /// `KILN_ROLE`, `KILN_NODE_NAME`, `KILN_NODE_LEASE_S`: this node's part in a cluster
+    /// (they matter only with a `postgres://` `db`).
+    public var role: String
+    public var nodeName: String
+    public var nodeLeaseS: Int
     public var maxConcurrent: Int
     /// `KILN_TENANT_MAX_CONCURRENT`; nil: every slot.
     public var tenantMaxConcurrent: Int?
@@ -80,6 +85,20 @@ public struct ServerConfig: Sendable {
         let db = value("KILN_DB")
         guard !db.isEmpty else { throw ConfigError(description: "invalid KILN_DB (--db): empty path") }
         let token = value("KILN_API_TOKEN")
+        let role = value("KILN_ROLE").trimmingCharacters(in: .whitespaces).lowercased()
+        guard ["all", "api", "worker"].contains(role) else {
+            throw ConfigError(description: "invalid KILN_ROLE (--role): \"\(role)\" is not one of all, api, worker")
+        }
+        let clustered = db.hasPrefix("postgres://") || db.hasPrefix("postgresql://")
+        if role != "all" && !clustered {
+            throw ConfigError(description: "invalid KILN_ROLE (--role): \(role) needs a cluster database (KILN_DB=postgres://…); a single server is all")
+        }
+        var nodeName = value("KILN_NODE_NAME").trimmingCharacters(in: .whitespaces)
+        if nodeName.isEmpty { nodeName = ProcessInfo.processInfo.hostName }
+        guard (1...63).contains(nodeName.utf8.count),
+              nodeName.utf8.allSatisfy({ ($0 >= 0x30 && $0 <= 0x39) || ($0 | 0x20 >= 0x61 && $0 | 0x20 <= 0x7a) || $0 == 0x2e || $0 == 0x2d || $0 == 0x5f }) else {
+            throw ConfigError(description: "invalid KILN_NODE_NAME (--node-name): \"\(nodeName)\" is not 1 to 63 of letters, digits, '.', '_' and '-'")
+        }
         // 30 days: far beyond any workload, and inside every timer the backends use.
         let maxTimeout = try int("KILN_MAX_TIMEOUT_S", min: 1, max: 2_592_000)
         let defaultTimeout = try int("KILN_DEFAULT_TIMEOUT_S", min: 1, max: 2_592_000)
@@ -113,7 +132,8 @@ public struct ServerConfig: Sendable {
             throw ConfigError(description: "refusing to listen on \(listen) without a token: set KILN_API_TOKEN or KILN_TOKENS_FILE, listen on 127.0.0.1, or set KILN_ALLOW_UNAUTHENTICATED=1 to run open to the network")
         }
         return ServerConfig(
-            host: host, port: port, db: db,
+            host: host, port: port, db: db, role: role, nodeName: nodeName,
+            nodeLeaseS: try int("KILN_NODE_LEASE_S", min: 2, max: 3600),
             maxConcurrent: try int("KILN_MAX_CONCURRENT", min: 1, max: 10_000),
             tenantMaxConcurrent: value("KILN_TENANT_MAX_CONCURRENT").trimmingCharacters(in: .whitespaces).isEmpty
                 ? nil : try int("KILN_TENANT_MAX_CONCURRENT", min: 1, max: 10_000),

@@ -10,6 +10,7 @@ import Metrics
 extension Engine {
     /// Stores a pending workload and queues it. `onFinish` is called once with the terminal record.
     public func submit(_ request: SubmitRequest, onFinish: Completion? = nil) throws(EngineError) -> WorkloadRecord {
+        if let cluster { return try submitToCluster(request, cluster, onFinish: onFinish) }
         let backend = try chooseBackend(runtime: request.runtime, isolation: request.isolation, code: request.code,
                                         limit: request.isolationLimit)
         if let failure = health.failure { throw .storageUnavailable(failure) }
@@ -83,6 +84,7 @@ extension Engine {
         lock.lock()
         guard let job = jobs[id] else {
             lock.unlock()
+            if let cluster { return try killInCluster(id, cluster, onFinish: onFinish) }
             let record: WorkloadRecord?
             do { record = try store.get(id) } catch { throw .storage("\(error)") }
             guard let record else { throw .notFound(id) }

@@ -24,8 +24,9 @@ extension Engine {
             while let j = current {
                 run(j)
                 lock.lock()
-                queue.finished(j.tenant)
-                if !shuttingDown, let next = queue.next() {
+                if !j.claimed { queue.finished(j.tenant) }
+                // In a cluster the next workload is claimed from the shared queue.
+                if !shuttingDown, cluster == nil, let next = queue.next() {
                     current = next
                 } else {
                     current = nil
@@ -35,6 +36,7 @@ extension Engine {
                 lock.unlock()
                 recordCounts()
             }
+            cluster?.scheduleClaim()
         }
     }
 
@@ -46,17 +48,20 @@ extension Engine {
                             error: job.cancellation.reason == .killed ? "killed before it started" : "server shutdown")
             return
         }
-        do {
-            let backendName = job.backend.name
-            try store.transition(id, to: .running) { r in
-                r.startedAt = started
-                r.isolationUsed = backendName
+        // A claimed workload was stored `running` by its claim.
+        if !job.claimed {
+            do {
+                let backendName = job.backend.name
+                try store.transition(id, to: .running) { r in
+                    r.startedAt = started
+                    r.isolationUsed = backendName
+                }
+            } catch {
+                logger.error("cannot start workload \(id): \(error)")
+                if StorageHealth.isStorageFailure(error) { storageFailed("\(error)") }
+                finishUnstarted(job, status: .failed, error: "cannot start: \(error)")
+                return
             }
-        } catch {
-            logger.error("cannot start workload \(id): \(error)")
-            if StorageHealth.isStorageFailure(error) { storageFailed("\(error)") }
-            finishUnstarted(job, status: .failed, error: "cannot start: \(error)")
-            return
         }
         let writer = EngineLogWriter(id: id, engine: self, cancellation: job.cancellation)
         let result = job.backend.execute(job.spec, writer: writer, cancellation: job.cancellation)
@@ -129,7 +134,7 @@ extension Engine {
             // Lines after one the store refused wait behind it, so the log stays gap-free.
             if holdIfBehind(id, lines) { return }
             do {
-                try store.appendLines(id, lines)
+                try retryingOutage { try store.appendLines(id, lines) }
                 broker.markPersisted(id, upTo: lastSeq)
             } catch {
                 logBatchFailed(id, lines, error)

@@ -157,6 +157,33 @@ extension Engine {
         }
     }
 
+    /// Cluster mode: a database that cannot be reached for now (`StoreError.unavailable`) is
+    /// waited for, on the writer, with backoff: the workloads' readers then stop at the
+    /// backlog bound and their pipes fill, as under backpressure, and nothing read is lost.
+    /// Past `outageWait`, or once the server is stopping, the error goes to the caller
+    /// (which holds the write, as for any storage failure). A single server's SQLite errors
+    /// are never retried here: a full disk does not heal by waiting.
+    func retryingOutage(_ write: () throws -> Void) throws {
+        var delay = 0.1
+        let deadline = Date().addingTimeInterval(Engine.outageWait)
+        while true {
+            do {
+                try write()
+                return
+            } catch where cluster != nil && StorageHealth.isOutage(error) {
+                storageFailed("\(error)")
+                lock.lock()
+                let stopping = shuttingDown
+                lock.unlock()
+                if stopping || Date() > deadline { throw error }
+                Thread.sleep(forTimeInterval: delay)
+                delay = min(2, delay * 2)
+            }
+        }
+    }
+
+    static let outageWait: TimeInterval = 120
+
     func storageFailed(_ cause: String) {
         if health.failed(cause) { logger.error("the store refuses writes: \(cause)") }
         scheduleRepair()

@@ -20,6 +20,7 @@ public final class Engine: @unchecked Sendable {
     /// Each backend, probed when first needed (`capability(_:)`, `capabilities`).
     let probes: BackendProbes
     let ids = ULIDGenerator()
+    let startedAt = Millis.now()
     /// All store writes of log batches and terminal states: in order per workload, and
     /// workloads in turn (`FairWriter`).
     let storeWriter = FairWriter()
@@ -45,6 +46,8 @@ public final class Engine: @unchecked Sendable {
     let idle = NSCondition()
     private let runningGauge = Gauge(label: "kiln_workloads_running")
     private let pendingGauge = Gauge(label: "kiln_workloads_pending")
+    /// Cluster mode: this node's lease, claims and cross-node waiters (nil: a single server).
+    private(set) var cluster: ClusterNode?
 
     public init(store: any WorkloadStore, broker: LogBroker, backends: [any Backend], config: EngineConfig, logger: Logger) {
         self.store = store
@@ -55,6 +58,15 @@ public final class Engine: @unchecked Sendable {
         self.queue = FairQueue(tenantLimit: config.tenantMaxConcurrent)
         self.logger = logger
         try? FileManager.default.createDirectory(atPath: config.workRoot, withIntermediateDirectories: true)
+        if let c = config.cluster, let shared = store as? any ClusterStore {
+            cluster = ClusterNode(store: shared, config: c, engine: self, logger: logger)
+        }
+    }
+
+    /// Cluster mode: writes this node's first lease and starts listening and claiming (a
+    /// single server has nothing to start).
+    public func start() throws {
+        try cluster?.start()
     }
 
     /// Publishes the running and pending counts to the metrics (after any change to them).
@@ -69,7 +81,10 @@ public final class Engine: @unchecked Sendable {
     /// Marks what an earlier process left unfinished as failed ("server restarted").
     @discardableResult
     public func recover() throws -> [String] {
-        let ids = try store.failUnfinished(error: "server restarted")
+        // In a cluster only this node's own workloads were cut off; the pending ones are the
+        // cluster's queue.
+        let ids = try cluster.map { try $0.store.failRunning(onNode: $0.config.nodeName, error: "server restarted", at: Millis.now()) }
+            ?? store.failUnfinished(error: "server restarted")
         if !ids.isEmpty { logger.warning("marked \(ids.count) unfinished workloads failed: server restarted") }
         return ids
     }
@@ -79,6 +94,7 @@ public final class Engine: @unchecked Sendable {
     /// Refuses new work, fails pending workloads, kills running ones ("server shutdown"),
     /// and waits (up to `timeout`) until every line and terminal state is stored.
     public func shutdown(timeout: TimeInterval = 8) {
+        cluster?.stopClaiming()
         lock.lock()
         shuttingDown = true
         let pending = queue.removeAll()
@@ -100,5 +116,11 @@ public final class Engine: @unchecked Sendable {
         idle.unlock()
         storeWriter.waitUntilIdle()
         for b in probes.backends { b.shutdown() }
+    }
+
+    /// After `shutdown` (and once its streams are closed): a cluster node answers whoever
+    /// waits for workloads that run elsewhere, marks itself stopped and closes the store.
+    public func leaveCluster() {
+        cluster?.finish()
     }
 }

@@ -20,12 +20,16 @@ public struct EngineConfig: Sendable {
     public var unstoredPerWorkload: Int
     public var unstoredTotal: Int
 
+    /// Cluster mode (a `ClusterStore`): this node's name and role; nil on a single server.
+    public var cluster: ClusterConfig?
+
     public static let defaultMaxLogBytes = 64 << 20
 
     public init(maxConcurrent: Int, tenantMaxConcurrent: Int? = nil, queueLimit: Int, workRoot: String,
                 allowedIsolation: Set<Isolation> = Isolation.allowedByDefault,
                 maxLogBytes: Int = EngineConfig.defaultMaxLogBytes,
-                unstoredPerWorkload: Int = 4 << 20, unstoredTotal: Int = 32 << 20) {
+                unstoredPerWorkload: Int = 4 << 20, unstoredTotal: Int = 32 << 20, cluster: ClusterConfig? = nil) {
+        self.cluster = cluster
         self.maxLogBytes = max(1, maxLogBytes)
         self.unstoredPerWorkload = max(1, unstoredPerWorkload)
         self.unstoredTotal = max(1, unstoredTotal)
@@ -34,6 +38,34 @@ public struct EngineConfig: Sendable {
         self.queueLimit = max(0, queueLimit)
         self.workRoot = workRoot
         self.allowedIsolation = allowedIsolation.subtracting([.auto])
+    }
+}
+
+/// One node of a cluster (SPEC §10).
+public struct ClusterConfig: Sendable {
+    public enum Role: String, Sendable, CaseIterable {
+        /// Answers the API and runs workloads.
+        case all
+        /// Answers the API; runs nothing.
+        case api
+        /// Runs workloads (and answers the API too).
+        case worker
+
+        public var runsWorkloads: Bool { self != .api }
+    }
+
+    public var role: Role
+    public var nodeName: String
+    /// A node whose lease is older than this is lost (`KILN_NODE_LEASE_S`).
+    public var leaseSeconds: Int
+    /// How often the lease is renewed.
+    public var renewEvery: Double
+
+    public init(role: Role, nodeName: String, leaseSeconds: Int = 10, renewEvery: Double = 2) {
+        self.role = role
+        self.nodeName = nodeName
+        self.leaseSeconds = max(1, leaseSeconds)
+        self.renewEvery = min(renewEvery, Double(self.leaseSeconds) / 2)
     }
 }
 

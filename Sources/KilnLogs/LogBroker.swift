@@ -82,13 +82,15 @@ public final class LogBroker: Sendable {
         self.storeReads = storeReads
     }
 
-    /// Starts the log of a workload (idempotent).
+    /// Starts the log of a workload (idempotent). `after`: the lines up to it are already
+    /// stored (a log that mirrors one another node writes, opened mid-run): readers read
+    /// them from the store, and publishing goes on from `after + 1`.
     @discardableResult
-    public func open(_ id: String) -> WorkloadLog {
+    public func open(_ id: String, after: Int64 = 0) -> WorkloadLog {
         logs.withLock { logs in
             if let log = logs[id] { return log }
             let log = WorkloadLog(id: id, windowLines: windowLines, windowBytes: windowBytes, history: history, frame: frame,
-                                  storeReads: storeReads)
+                                  storeReads: storeReads, after: after)
             logs[id] = log
             return log
         }
@@ -119,13 +121,21 @@ public final class LogBroker: Sendable {
         log?.close(end)
     }
 
-    /// Ends every open log (server shutdown); `end` gets the id and the last seq.
-    public func closeAll(_ end: (String, Int64) -> EndInfo) {
+    /// Ends every open log (server shutdown); `end` gets the id and the last seq. Where it
+    /// answers nil (a workload that goes on elsewhere), readers stop after the lines they
+    /// have, with no `end`, and their clients resume on another node.
+    public func closeAll(_ end: (String, Int64) -> EndInfo?) {
         let all = logs.withLock { logs in
             defer { logs.removeAll() }
             return logs
         }
-        for (id, log) in all { log.close(end(id, log.lastSeq)) }  // the last line readers may see
+        for (id, log) in all {
+            if let info = end(id, log.lastSeq) {  // the last line readers may see
+                log.close(info)
+            } else {
+                log.abandon("this node is shutting down; the workload goes on, resume on another node")
+            }
+        }
     }
 
     /// A cursor on a live workload's log that starts after `after` (nil: only later lines).
@@ -168,6 +178,8 @@ public final class WorkloadLog: @unchecked Sendable {
     /// The last line readers may see: `persisted` with a store behind, else `lastSeqValue`.
     private var visible: Int64 = 0
     private var end: EndInfo?
+    /// Set when readers must stop without an end (`abandon`).
+    private var abandoned: String?
     private var waiters: [ObjectIdentifier: @Sendable () -> Void] = [:]
     private var liveBytes = 0
     private let windowLines: Int
@@ -177,8 +189,11 @@ public final class WorkloadLog: @unchecked Sendable {
     let storeReads: WorkRunner?
 
     init(id: String, windowLines: Int, windowBytes: Int, history: LogHistory?, frame: LogFrameEncoder? = nil,
-         storeReads: WorkRunner? = nil) {
+         storeReads: WorkRunner? = nil, after: Int64 = 0) {
         self.id = id
+        lastSeqValue = max(0, after)
+        persisted = lastSeqValue
+        visible = lastSeqValue
         self.windowLines = windowLines
         self.windowBytes = windowBytes
         self.history = history
@@ -202,11 +217,20 @@ public final class WorkloadLog: @unchecked Sendable {
     }
 
     func append(_ lines: [LogLine]) {
-        guard !lines.isEmpty else { return }
+        guard let first = lines.first else { return }
         // Encoded by the publisher, outside the lock.
         let encoded = frame.map { lines.map($0) }
         lock.lock()
         if end != nil { lock.unlock(); return }
+        // Lines it already has are dropped: a mirrored log may be fed the same stored lines
+        // twice (a resync racing an announcement, or its own writer and the feed at once).
+        if first.seq <= lastSeqValue {
+            let known = lastSeqValue
+            lock.unlock()
+            let rest = lines.filter { $0.seq > known }
+            if !rest.isEmpty { append(rest) }
+            return
+        }
         window.append(contentsOf: lines)
         if let encoded { frames.append(contentsOf: encoded) }
         for l in lines { liveBytes += memory(l) }
@@ -263,6 +287,18 @@ public final class WorkloadLog: @unchecked Sendable {
             if !frames.isEmpty { frames.removeFirst(head) }
             head = 0
         }
+    }
+
+    /// Readers stop (`.failed`) once they have what is visible: no `end`, since it has not
+    /// ended.
+    func abandon(_ reason: String) {
+        lock.lock()
+        if end != nil || abandoned != nil { lock.unlock(); return }
+        abandoned = reason
+        let toWake = waiters
+        waiters.removeAll()
+        lock.unlock()
+        for wake in toWake.values { wake() }
     }
 
     func close(_ info: EndInfo) {
@@ -335,6 +371,10 @@ public final class WorkloadLog: @unchecked Sendable {
         if let end, cursor >= seen {
             lock.unlock()
             return .end(end, lastSeq: seen)
+        }
+        if let abandoned, cursor >= seen {
+            lock.unlock()
+            return .failed(abandoned)
         }
         if let wake { waiters[waiter] = wake }
         lock.unlock()

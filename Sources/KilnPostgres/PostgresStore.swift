@@ -35,6 +35,12 @@ public final class PostgresStore: ClusterStore, @unchecked Sendable {
         self.client = client
         runTask = Task { await client.run() }
         do {
+            // One direct connection first: a refused or unreachable address fails here within
+            // the connect timeout, where the pool would queue the request and retry.
+            try Blocking.run(timeout: .seconds(10)) { [quiet] in
+                let c = try await PostgresConnection.connect(configuration: url.connectionConfiguration, id: 0, logger: quiet)
+                try? await c.close()
+            }
             try Blocking.run(timeout: .seconds(30)) { [quiet] in try await PostgresMigrations.migrate(client, logger: quiet) }
             try checkWritable()
         } catch {
@@ -242,6 +248,8 @@ public final class PostgresStore: ClusterStore, @unchecked Sendable {
             WITH ins AS (
                 INSERT INTO log_lines (workload_id, seq, stream, ts, line)
                 SELECT \(id), * FROM unnest(\(seqs)::bigint[], \(streams)::text[], \(ts)::bigint[], \(texts)::bytea[])
+                -- A batch sent again after a timeout that had in fact committed: already there.
+                ON CONFLICT (workload_id, seq) DO NOTHING
             )
             SELECT pg_notify(\(PostgresStore.channel), \("L \(id) \(last)"))
             """)

@@ -12,6 +12,9 @@ struct ServeCommand: ParsableCommand {
 
     @Option(parsing: .unconditional, help: ArgumentHelp(Settings.named("KILN_LISTEN").help)) var listen: String?
     @Option(parsing: .unconditional, help: ArgumentHelp(Settings.named("KILN_DB").help)) var db: String?
+    @Option(parsing: .unconditional, help: ArgumentHelp(Settings.named("KILN_ROLE").help)) var role: String?
+    @Option(parsing: .unconditional, help: ArgumentHelp(Settings.named("KILN_NODE_NAME").help)) var nodeName: String?
+    @Option(parsing: .unconditional, help: ArgumentHelp(Settings.named("KILN_NODE_LEASE_S").help)) var nodeLeaseS: String?
     @Option(parsing: .unconditional, help: ArgumentHelp(Settings.named("KILN_API_TOKEN").help)) var apiToken: String?
     @Option(parsing: .unconditional, help: ArgumentHelp(Settings.named("KILN_MAX_CONCURRENT").help)) var maxConcurrent: String?
     @Option(parsing: .unconditional, help: ArgumentHelp(Settings.named("KILN_TENANT_MAX_CONCURRENT").help)) var tenantMaxConcurrent: String?
@@ -37,6 +40,7 @@ struct ServeCommand: ParsableCommand {
     func run() throws {
         let flags: [String: String?] = [
             "KILN_LISTEN": listen, "KILN_DB": db, "KILN_API_TOKEN": apiToken,
+            "KILN_ROLE": role, "KILN_NODE_NAME": nodeName, "KILN_NODE_LEASE_S": nodeLeaseS,
             "KILN_MAX_CONCURRENT": maxConcurrent, "KILN_TENANT_MAX_CONCURRENT": tenantMaxConcurrent,
             "KILN_QUEUE_LIMIT": queueLimit,
             "KILN_MAX_BODY_BYTES": maxBodyBytes, "KILN_DEFAULT_TIMEOUT_S": defaultTimeoutS,

@@ -6,6 +6,7 @@ import KilnStore
 import KilnBackends
 import KilnHTTP
 import KilnLogs
+import KilnPostgres
 import KilnProcess
 import Logging
 import Metrics
@@ -44,12 +45,25 @@ final class ServerRunner: Sendable {
     func start() throws {
         SystemLimits.ignoreSIGPIPE()
         let files = SystemLimits.raiseOpenFileLimit()
-        let store = try SQLiteStore(path: config.db)
+        let store: any WorkloadStore
+        var cluster: ClusterConfig? = nil
+        let clustered = PostgresURL.isPostgres(config.db)
+        if clustered {
+            let url: PostgresURL
+            do { url = try PostgresURL(config.db) } catch { throw StartError(description: "invalid KILN_DB (--db): \(error)") }
+            store = try PostgresStore(url: url, logger: logger)
+            cluster = ClusterConfig(role: ClusterConfig.Role(rawValue: config.role) ?? .all, nodeName: config.nodeName,
+                                    leaseSeconds: config.nodeLeaseS)
+            logger.notice("cluster mode: node \(config.nodeName), role \(config.role), database \(url.redacted)")
+        } else {
+            store = try SQLiteStore(path: config.db)
+        }
         let broker = LogBroker.backed(by: store)
         // State and work folders live beside the database, so a restarted server finds and
-        // removes what a killed one left; an in-memory database gets a fresh folder with an
-        // unguessable name (a predictable path in /tmp could be prepared by another user).
-        let stateRoot = config.db == ":memory:"
+        // removes what a killed one left; an in-memory database (or one on another machine)
+        // gets a fresh folder with an unguessable name (a predictable path in /tmp could be
+        // prepared by another user).
+        let stateRoot = config.db == ":memory:" || clustered
             ? NSTemporaryDirectory() + "kiln-state-\(UUID().uuidString)"
             : ServerRunner.stateRoot(besideDatabase: config.db)
         let workRoot = stateRoot + "/work"
@@ -72,9 +86,11 @@ final class ServerRunner: Sendable {
         let engine = Engine(store: store, broker: broker, backends: backends,
                             config: EngineConfig(maxConcurrent: config.maxConcurrent, tenantMaxConcurrent: config.tenantMaxConcurrent,
                                                  queueLimit: config.queueLimit, workRoot: workRoot,
-                                                 allowedIsolation: config.isolation, maxLogBytes: config.maxLogBytes),
+                                                 allowedIsolation: config.isolation, maxLogBytes: config.maxLogBytes,
+                                                 cluster: cluster),
                             logger: logger)
         try engine.recover()
+        do { try engine.start() } catch { throw StartError(description: "cannot join the cluster: \(error)") }
         let out = FileHandle.standardOutput
         let api = KilnAPI(config: config, engine: engine, logger: logger, version: ServerRunner.version,
                           metricsText: metricsText, accessLog: { line in try? out.write(contentsOf: Data((line + "\n").utf8)) })
@@ -161,10 +177,14 @@ final class ServerRunner: Sendable {
         api?.beginShutdown()
         engine?.shutdown(timeout: 7)
         // Streams of workloads the engine could not finish in time still get their end.
+        let mirrored = engine?.mirroredLogs ?? []
         engine?.broker.closeAll { id, lastSeq in
             if let r = try? engine?.store.get(id), r.status.isTerminal { return EndInfo(record: r) }
+            // Another node runs it: its streams stop without an end, to resume elsewhere.
+            if mirrored.contains(id) { return nil }
             return EndInfo(status: .failed, exitCode: nil, error: "server shutdown", logLines: lastSeq)
         }
+        engine?.leaveCluster()
         // Answers the engine just produced (synchronous runs ended by the shutdown) go out.
         api?.finishPendingAnswers()
         // Let open streams write their end events before the daemon goes: a stream far

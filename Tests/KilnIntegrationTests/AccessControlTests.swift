@@ -93,6 +93,7 @@ import KilnTestSupport
             ("GET", "/v1/workloads/{id}/logs/history", "/v1/workloads/\(a)/logs/history", nil, [401, 401, 200, 200, 404, 404, 200, 200]),
             ("GET", "/v1/backends", "/v1/backends", nil, [401, 401, 200, 200, 200, 200, 200, 200]),
             ("GET", "/v1/stats", "/v1/stats", nil, [401, 401, 200, 200, 200, 200, 200, 200]),
+            ("GET", "/v1/nodes", "/v1/nodes", nil, [401, 401, 403, 403, 403, 403, 200, 200]),
         ]
         for route in APIRoutes.all {
             #expect(rows.contains { $0.method == route.method && $0.template == route.template }, "no row for \(route.method) \(route.template)")

@@ -15,5 +15,6 @@ public enum APIRoutes {
         ("GET", "/v1/workloads/{id}/logs/history", "read"),
         ("GET", "/v1/backends", "read"),
         ("GET", "/v1/stats", "read"),
+        ("GET", "/v1/nodes", "admin"),
     ]
 }

@@ -27,21 +27,19 @@ public final class PostgresServer: Sendable {
         try password.write(toFile: pwfile, atomically: true, encoding: .utf8)
         if asRoot { _ = try Curl.exec("/bin/chown", ["-R", "postgres:postgres", dir]) }
         try run(["\(PostgresServer.bin)/initdb", "-D", data, "-U", "kiln", "--pwfile", pwfile, "-A", "scram-sha-256", "-E", "UTF8"], asRoot)
-        // With no pipes: the server pg_ctl starts inherits this process's descriptors, and a
-        // pipe read to its end (as `Curl.exec` does) would never close.
-        let start = Process()
-        start.executableURL = URL(fileURLWithPath: asRoot ? "/usr/sbin/runuser" : "\(PostgresServer.bin)/pg_ctl")
-        start.arguments = (asRoot ? ["-u", "postgres", "--", "\(PostgresServer.bin)/pg_ctl"] : [])
-            + ["-D", data, "-l", dir + "/log", "-w", "-t", "60",
-               "-o", "-c listen_addresses=127.0.0.1 -p \(port) -k \(dir) -c fsync=off", "start"]
-        start.standardInput = FileHandle.nullDevice
-        start.standardOutput = FileHandle.nullDevice
-        start.standardError = FileHandle.nullDevice
-        try start.run()
-        start.waitUntilExit()
-        guard start.terminationStatus == 0 else { throw TestFailure("pg_ctl start exited \(start.terminationStatus); see \(dir)/log") }
+        // Spawned and reaped by hand, with /dev/null for its stdio: the server pg_ctl starts
+        // inherits the descriptors (a pipe read to its end would never close), and Foundation's
+        // `Process.waitUntilExit` was seen never to return for this child.
+        let status = try PostgresServer.spawnAndWait(startCommand)
+        guard status == 0 else { throw TestFailure("pg_ctl start exited \(status); see \(dir)/log") }
         try run(["\(PostgresServer.bin)/psql", "-h", dir, "-p", "\(port)", "-U", "kiln", "-d", "postgres", "-c", "CREATE DATABASE kiln"],
                 asRoot, env: ["PGPASSWORD": password])
+    }
+
+    private var startCommand: [String] {
+        (getuid() == 0 ? ["/usr/sbin/runuser", "-u", "postgres", "--"] : [])
+            + ["\(PostgresServer.bin)/pg_ctl", "-D", dir + "/data", "-l", dir + "/log", "-w", "-t", "60",
+               "-o", "-c listen_addresses=127.0.0.1 -p \(port) -k \(dir) -c fsync=off -c max_connections=200", "start"]
     }
 
     private func run(_ argv: [String], _ asRoot: Bool, env: [String: String] = [:]) throws {
@@ -53,11 +51,38 @@ public final class PostgresServer: Sendable {
         }
     }
 
+    /// Stops the server (`fast`: connections are closed), keeping its data: `resume` starts it
+    /// again on the same port (a database that goes away and comes back).
+    public func pause() throws {
+        try run(["\(PostgresServer.bin)/pg_ctl", "-D", dir + "/data", "-m", "fast", "-w", "stop"], getuid() == 0)
+    }
+
+    public func resume() throws {
+        let status = try PostgresServer.spawnAndWait(startCommand)
+        guard status == 0 else { throw TestFailure("pg_ctl start exited \(status); see \(dir)/log") }
+    }
+
     /// Stops the server (`fast`: connections are closed) and removes its folder.
     public func stop() {
         let asRoot = getuid() == 0
         try? run(["\(PostgresServer.bin)/pg_ctl", "-D", dir + "/data", "-m", "fast", "-w", "stop"], asRoot)
         try? FileManager.default.removeItem(atPath: dir)
+    }
+
+    /// Runs `argv` with stdin, stdout and stderr on /dev/null and returns its exit status.
+    static func spawnAndWait(_ argv: [String]) throws -> Int32 {
+        var actions = posix_spawn_file_actions_t()
+        posix_spawn_file_actions_init(&actions)
+        defer { posix_spawn_file_actions_destroy(&actions) }
+        for fd in Int32(0)...2 { posix_spawn_file_actions_addopen(&actions, fd, "/dev/null", fd == 0 ? O_RDONLY : O_WRONLY, 0) }
+        let cargs = argv.map { strdup($0) } + [nil]
+        defer { cargs.forEach { free($0) } }
+        var pid = pid_t()
+        let rc = posix_spawn(&pid, argv[0], &actions, nil, cargs, environ)
+        guard rc == 0 else { throw TestFailure("cannot start \(argv[0]): \(String(cString: strerror(rc)))") }
+        var status: Int32 = 0
+        while waitpid(pid, &status, 0) < 0 && errno == EINTR {}
+        return (status & 0x7f) == 0 ? (status >> 8) & 0xff : 128 + (status & 0x7f)
     }
 
     static func freePort() -> Int {

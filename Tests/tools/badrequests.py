@@ -589,6 +589,7 @@ METHODS = [
     ("post_metrics", "POST", "/metrics"),
     ("post_backends", "POST", "/v1/backends"),
     ("delete_stats", "DELETE", "/v1/stats"),
+    ("post_nodes", "POST", "/v1/nodes"),
     ("trace_healthz", "TRACE", "/healthz"),
     ("lowercase_get", "get", "/healthz"),
     ("made_up_method", "BREW", "/healthz"),
