@@ -24,6 +24,35 @@ import KilnTestSupport
         #expect(String(decoding: out, as: UTF8.self) == "ok\n")
     }
 
+    /// The cluster file: PostgreSQL, one api node published on loopback, two workers, every
+    /// node on the same database with a token, and no secret written into the file.
+    @Test func theClusterComposeFileHasAnAPINodeTwoWorkersAndRequiredSecrets() throws {
+        let script = """
+        import sys, yaml
+        doc = yaml.safe_load(open(sys.argv[1]))
+        svc = doc["services"]
+        assert set(svc) == {"postgres", "api", "worker"}, sorted(svc)
+        assert svc["postgres"]["environment"]["POSTGRES_PASSWORD"].startswith("${KILN_PG_PASSWORD:?")
+        assert svc["worker"]["deploy"]["replicas"] == 2
+        dbs = set()
+        for name in ("api", "worker"):
+            env = svc[name]["environment"]
+            assert env["KILN_ROLE"] == name, (name, env.get("KILN_ROLE"))
+            assert env["KILN_API_TOKEN"].startswith("${KILN_API_TOKEN:?"), name
+            assert env["KILN_DB"].startswith("postgres://kiln:${KILN_PG_PASSWORD:?"), env["KILN_DB"]
+            assert "KILN_ALLOW_UNAUTHENTICATED" not in env
+            assert svc[name]["depends_on"]["postgres"]["condition"] == "service_healthy"
+            dbs.add(env["KILN_DB"])
+        assert len(dbs) == 1, dbs
+        assert all(str(p).startswith("127.0.0.1:") for p in svc["api"]["ports"])
+        assert "ports" not in svc["worker"] and "ports" not in svc["postgres"]
+        print("ok")
+        """
+        let (status, out, err) = try Curl.exec("/usr/bin/env", ["python3", "-c", script, "\(KilnServer.packageRoot)/docker/compose.cluster.yaml"])
+        #expect(status == 0, "\(String(decoding: err, as: UTF8.self))")
+        #expect(String(decoding: out, as: UTF8.self) == "ok\n")
+    }
+
     @Test func theImageListensBeyondLoopbackSoItNeedsAToken() throws {
         let dockerfile = try String(contentsOfFile: "\(KilnServer.packageRoot)/docker/Dockerfile", encoding: .utf8)
         #expect(dockerfile.contains("KILN_LISTEN=0.0.0.0:8080"))

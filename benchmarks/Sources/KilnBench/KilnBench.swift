@@ -5,7 +5,7 @@ import Foundation
 struct KilnBenchCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "kiln-bench",
-        abstract: "Kiln's benchmarks: SSE fan-out (B1), idle streams (B2), throughput (B3), log ingest (B4), against a Hummingbird peer (B5).",
+        abstract: "Kiln's benchmarks: SSE fan-out (B1), idle streams (B2), throughput (B3), log ingest (B4), against a Hummingbird peer (B5), limits (B6), cluster mode (B7).",
         subcommands: [RunCommand.self, ReliabilityCommand.self, SSEWorkerCommand.self],
         defaultSubcommand: RunCommand.self
     )
@@ -17,7 +17,7 @@ struct RunCommand: ParsableCommand {
         abstract: "Start a Kiln server per benchmark, run the chosen benchmarks, print a table, write JSON."
     )
 
-    @Argument(help: "Benchmarks to run: b1 b2 b3 b4 b5 b6, or all.")
+    @Argument(help: "Benchmarks to run: b1 b2 b3 b4 b5 b6 b7, or all.")
     var benchmarks: [String] = ["all"]
 
     @OptionGroup var common: CommonOptions
@@ -89,14 +89,14 @@ struct RunCommand: ParsableCommand {
         cfg.perProcess = perProcess
         cfg.loops = loops
         cfg.waitIdle = waitIdle
-        let chosen = try selectNames(benchmarks, from: ["b1", "b2", "b3", "b4", "b5", "b6"], what: "benchmarks")
+        let chosen = try selectNames(benchmarks, from: ["b1", "b2", "b3", "b4", "b5", "b6", "b7"], what: "benchmarks")
         log("kiln binary: \(cfg.kiln)\(quick ? " (quick sizes)" : "")")
 
         let bench = Bench(cfg)
         let started = Date()
         let loadBefore = loadAverage()
         var cases: [CaseResult] = []
-        for b in ["b1", "b2", "b3", "b4", "b5", "b6"] where chosen.contains(b) {
+        for b in ["b1", "b2", "b3", "b4", "b5", "b6", "b7"] where chosen.contains(b) {
             let busy = waitIdle > 0 ? waitForQuietMachine(maxSeconds: waitIdle) : machineBusy(over: 1)
             let a = machineTicks()
             let t0 = monoNs()
@@ -107,6 +107,7 @@ struct RunCommand: ParsableCommand {
             case "b3": got = bench.b3()
             case "b4": got = bench.b4()
             case "b6": got = bench.b6()
+            case "b7": got = bench.b7()
             default: got = bench.b5()
             }
             let z = machineTicks()

@@ -48,7 +48,7 @@ final class KilnServer: @unchecked Sendable {
 
     /// `reuseDir`: start on the folder (and so the database) of an earlier server, which must
     /// have stopped: a restart (R2). Its earlier `server.out` and `server.err` are kept with a suffix.
-    init(binary: String, name: String = "kiln", env extra: [String: String], reuseDir: String? = nil) throws {
+    init(binary: String, name: String = "kiln", env extra: [String: String], reuseDir: String? = nil, db: String? = nil) throws {
         self.binary = binary
         self.name = name
         if let reuseDir {
@@ -64,7 +64,7 @@ final class KilnServer: @unchecked Sendable {
         let d = dir
         liveDirs.withLock { _ = $0.insert(d) }
         process.executableURL = URL(fileURLWithPath: binary)
-        process.arguments = ["serve", "--listen", "127.0.0.1:0", "--db", dir + "/kiln.db"]
+        process.arguments = ["serve", "--listen", "127.0.0.1:0", "--db", db ?? dir + "/kiln.db"]
         var env = ProcessInfo.processInfo.environment
         env["KILN_API_TOKEN"] = nil
         env["KILN_LOG_LEVEL"] = env["KILN_LOG_LEVEL"] ?? "warning"
